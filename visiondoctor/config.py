@@ -1,0 +1,166 @@
+"""Typed configuration: dataclasses, YAML in and out, dotted CLI overrides (`train.lr=0.01`)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # dataset root, or an annotation file
+    format: str = "auto"  # auto | coco | voc | yolo | masks | streethazards
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    synth: str = ""  # when set and `path` is empty: generate this synthetic dataset (shapes, streets, sketches)
+    synth_images: int = 0  # 0 = generator default
+    ignore_index: int = 255  # segmentation only
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ssdlite320_mobilenet_v3_large"
+    image_size: int = 320
+    pretrained: bool = False  # COCO-pretrained detector weights
+    pretrained_backbone: bool = False  # ImageNet backbone weights
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    max_minutes: float = 0.0  # wall-clock budget; 0 = no limit
+    batch_size: int = 16
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_steps: int = 100
+    scheduler: str = "cosine"  # cosine | constant
+    grad_clip: float = 10.0  # 0 = off
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: str = "auto"  # auto (bf16/fp16 on cuda, off on cpu) | off | fp16 | bf16
+    augment: str = "default"  # default | none
+    early_stop_patience: int = 0  # evaluations without improvement; 0 = off
+    eval_every: int = 1  # epochs
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    monitors: bool = True  # the doctor's training monitors
+    tensorboard: bool = False
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass
+class EvalConfig:
+    split: str = "val"
+    max_images: int = 0  # 0 = whole split; a subset is reported as such
+    score_threshold: float = 0.05  # for the metric (COCO convention: keep low scores)
+    display_threshold: float = 0.5  # for drawn predictions
+    max_detections: int = 100
+
+
+@dataclass
+class Config:
+    task: str = "detection"  # detection | segmentation
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping, got {value!r}")
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint in (int, float):
+        try:
+            out = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if hint is str:
+        return str(value)
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return _build(Config, values or {}, "config")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (optional), then apply `a.b=value` overrides (values parsed as YAML scalars)."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                values = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.01")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return config_from_dict(values)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from visiondoctor.rundir import write_bytes_atomic
+
+    write_bytes_atomic(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))

@@ -1,0 +1,81 @@
+"""The run directory: everything a run produces, at fixed paths.
+
+Any later command (eval, report, compare, diagnose, anomaly, export) reads a run
+directory; nothing depends on process state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path))
+        for sub in (run.path, run.checkpoints, run.plots):
+            sub.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path))
+        if not run.config.exists():
+            raise FileNotFoundError(f"{run.path} is not a visiondoctor run directory (no config.yaml)")
+        return run
+
+    config = property(lambda self: self.path / "config.yaml")
+    history = property(lambda self: self.path / "history.csv")
+    metrics = property(lambda self: self.path / "metrics.json")
+    predictions = property(lambda self: self.path / "predictions.json")
+    categories = property(lambda self: self.path / "categories.json")
+    diagnosis_json = property(lambda self: self.path / "diagnosis.json")
+    diagnosis_md = property(lambda self: self.path / "diagnosis.md")
+    report = property(lambda self: self.path / "report.html")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    plots = property(lambda self: self.path / "plots")
+    log = property(lambda self: self.path / "train.log")
+
+    def read_json(self, name: str) -> Any:
+        with open(self.path / name, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return write_json_atomic(self.path / name, obj)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    return write_bytes_atomic(Path(path), json.dumps(obj, indent=2, default=_json_default).encode("utf-8"))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
