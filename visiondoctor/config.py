@@ -17,7 +17,8 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     synth: str = ""  # when set and `path` is empty: generate this synthetic dataset (shapes, streets, sketches)
-    synth_images: int = 0  # 0 = generator default
+    synth_images: int = 0  # training images to generate; 0 = generator default
+    synth_options: dict[str, Any] = field(default_factory=dict)  # other generator arguments (image_size, ...)
     ignore_index: int = 255  # segmentation only
     workers: int = 0
 
@@ -55,6 +56,7 @@ class TrainConfig:
     monitors: bool = True  # the doctor's training monitors
     tensorboard: bool = False
     checkpoint_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0  # also mid-epoch, for crash safety on long epochs; 0 = off
 
 
 @dataclass

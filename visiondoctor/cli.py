@@ -1,0 +1,244 @@
+"""The command line: arguments only. Each command calls one function of a package below."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _config(args: argparse.Namespace):
+    from visiondoctor.config import load_config
+
+    overrides = list(args.set or [])
+    for flag, key in (("task", "task"), ("data", "data.path"), ("format", "data.format"), ("model", "model.name"),
+                      ("name", "name"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+                      ("image_size", "model.image_size"), ("max_minutes", "train.max_minutes"),
+                      ("device", "train.device"), ("synth", "data.synth"), ("output_dir", "output_dir")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def _task_module(task: str):
+    if task == "detection":
+        from visiondoctor.tasks import detection
+
+        return detection
+    if task == "segmentation":
+        from visiondoctor.tasks import segmentation
+
+        return segmentation
+    raise ValueError(f"task={task!r}: expected detection or segmentation")
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from visiondoctor.config import load_config
+    from visiondoctor.presets import preset_path
+
+    cfg = load_config(preset_path("demo_quick" if args.quick else "demo"), list(args.set or []))
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    run = _task_module(cfg.task).train(cfg)
+    _print_summary(run)
+    return 0
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    run = _task_module(cfg.task).train(cfg, resume=args.resume)
+    _print_summary(run)
+    return 0
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from visiondoctor.config import load_config
+    from visiondoctor.rundir import RunDir
+
+    task = load_config(RunDir.open(args.run).config).task
+    metrics = _task_module(task).evaluate_run(args.run, split=args.split, max_images=args.max_images)
+    _print_metrics(metrics)
+    console.print(f"report: {Path(args.run) / 'report.html'}")
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from visiondoctor.tasks.predict import predict_path
+
+    out = predict_path(args.run, args.input, args.out, threshold=args.threshold)
+    console.print(f"predictions written to {out}")
+    return 0
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from visiondoctor.report.html import build_report
+
+    console.print(f"report: {build_report(args.run)}")
+    return 0
+
+
+@command("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from visiondoctor.data.synth import generate
+
+        kwargs = {"preset": args.preset} if args.preset else {}
+        generate(args.kind, args.out, num_images=args.num_train, seed=args.seed, **kwargs)
+        console.print(f"{args.kind} dataset written to {args.out}")
+        return 0
+    if args.data_command == "validate":
+        from visiondoctor.data.validate import validate_path
+
+        return validate_path(args.path, args.format, args.split)
+    if args.data_command == "convert":
+        from visiondoctor.data.validate import convert
+
+        out = convert(args.path, args.format, args.split, args.out)
+        console.print(f"written {out}")
+        return 0
+    raise AssertionError(args.data_command)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table("metric", "value")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _print_summary(run) -> None:
+    import json
+
+    metrics_file = run.path / "metrics.json"
+    if metrics_file.exists():
+        _print_metrics(json.loads(metrics_file.read_text()))
+    if run.diagnosis_json.exists():
+        findings = json.loads(run.diagnosis_json.read_text())
+        errors = [f for f in findings if f.get("severity") == "error"]
+        warnings = [f for f in findings if f.get("severity") == "warning"]
+        console.print(f"doctor: {len(errors)} error(s), {len(warnings)} warning(s)")
+        for f in errors + warnings:
+            console.print(f"  [{f['severity']}] {f['id']}: {f['title']}")
+    print(f"report: {run.report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visiondoctor", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def train_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML config file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=0.01")
+        p.add_argument("--task", choices=["detection", "segmentation"])
+        p.add_argument("--data", help="dataset folder or annotation file (COCO, VOC, YOLO)")
+        p.add_argument("--format", help="dataset format (auto by default)")
+        p.add_argument("--synth", help="train on a generated dataset instead: shapes, streets, sketches")
+        p.add_argument("--model", help="model name (see `visiondoctor models`)")
+        p.add_argument("--name", help="run name: the run is written to <output_dir>/<name>")
+        p.add_argument("--output-dir", dest="output_dir")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--batch-size", dest="batch_size", type=int)
+        p.add_argument("--image-size", dest="image_size", type=int)
+        p.add_argument("--max-minutes", dest="max_minutes", type=float, help="wall-clock training budget")
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+
+    p = sub.add_parser("demo", help="synthesize shapes, train, evaluate, diagnose and write the report")
+    p.add_argument("--quick", action="store_true", help="a small smoke-test version (under 2 minutes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--output-dir", dest="output_dir")
+
+    p = sub.add_parser("train", help="train a model (writes runs/<name>/)")
+    train_options(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
+
+    p = sub.add_parser("eval", help="evaluate a run on a split (the whole split by default)")
+    p.add_argument("run")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-images", dest="max_images", type=int, default=0,
+                   help="evaluate a random subset (the report says so and gives the sample size)")
+
+    p = sub.add_parser("predict", help="run a trained model on an image or a folder")
+    p.add_argument("run")
+    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/predict)")
+    p.add_argument("--threshold", type=float, default=0.5)
+
+    p = sub.add_parser("report", help="rebuild a run's report.html")
+    p.add_argument("run")
+
+    p = sub.add_parser("data", help="synthesize, validate or convert datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("synth", help="write a deterministic synthetic dataset")
+    q.add_argument("kind", choices=["shapes", "streets", "sketches"])
+    q.add_argument("--out", required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--num-train", dest="num_train", type=int, default=None)
+    q.add_argument("--preset", default=None, help="a named size preset of the generator (e.g. quick)")
+    q = dsub.add_parser("validate", help="read a dataset and list every problem found")
+    q.add_argument("path")
+    q.add_argument("--format", default="auto")
+    q.add_argument("--split", default=None)
+    q = dsub.add_parser("convert", help="convert a dataset to COCO JSON")
+    q.add_argument("path")
+    q.add_argument("--format", default="auto")
+    q.add_argument("--split", default=None)
+    q.add_argument("--to", default="coco", choices=["coco"])
+    q.add_argument("--out", required=True)
+
+    sub.add_parser("models", help="list the registered models")
+    return parser
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from visiondoctor.models.registry import available_models, get_entry
+
+    for name in available_models():
+        print(f"{name:40s} {get_entry(name).task}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from visiondoctor.errors import USER_ERRORS
+
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            console.print_exception()
+        console.print(f"error: {exc}", markup=False, highlight=False, style="bold red")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""A torch Dataset over a DetectionIndex: image tensor + torchvision-style target dict."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from visiondoctor.data.images import load_rgb
+from visiondoctor.data.samples import CategoryMap, DetectionIndex
+
+
+class DetectionDataset(Dataset):
+    """Yields (image, target) with target = {boxes (XYXY pixels), labels (contiguous), image_id}.
+
+    Labels come from the run's CategoryMap, so the label space is the same for every split.
+    """
+
+    def __init__(self, index: DetectionIndex, category_map: CategoryMap, transforms: Any = None):
+        self.index = index
+        self.category_map = category_map
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.index.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.index.records[i]
+        image = tv_tensors.Image(load_rgb(record.path))
+        h, w = image.shape[-2:]
+        boxes = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor([self.category_map.to_label(c) for c in record.category_ids], dtype=torch.int64),
+            "image_id": record.image_id,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "labels": target["labels"],
+            "image_id": target["image_id"],
+        }
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Detection models take lists: images differ in size and targets in box count."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,0 +1,433 @@
+"""The one training loop: every task (detection, segmentation, early-exit, ...) runs through it.
+
+It is task-agnostic: a task hands it a model, a dataset with its collate function, a
+`loss_fn(model, images, targets) -> {name: loss}` and an `evaluate_fn(model) -> metrics`.
+The loop does what every run needs done right once: the whole forward and loss under
+autocast on GPU, warmup + cosine (over steps or the wall-clock budget, whichever binds),
+gradient clipping, EMA, per-component loss history, atomic checkpoints with exact resume
+(same step, optimizer, scaler and data order), early stopping, DDP under torchrun, and
+the hook points through which the doctor's monitors watch the run.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visiondoctor.config import TrainConfig
+from visiondoctor.engine import distributed as dist_utils
+from visiondoctor.engine.callbacks import Callback, TrainState
+from visiondoctor.engine.checkpoint import load_latest, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module], dict[str, Any]]
+
+
+def default_loss_fn(model: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
+    """torchvision convention: a detector in train mode returns its named losses."""
+    return model(images, targets)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if dist_utils.is_distributed() and torch.cuda.is_available():
+            return torch.device("cuda", dist_utils.local_rank())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 where the GPU supports it, fp16 (with a scaler) otherwise, off on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if amp in ("fp16", "auto"):
+        return torch.float16
+    raise ValueError(f"train.amp={amp!r}: expected auto, off, fp16 or bf16")
+
+
+def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, warmup_steps: int, kind: str) -> float:
+    """Linear warmup, then cosine to 0 over the training progress (steps or time, whichever is further)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if kind == "constant":
+        return warm
+    progress = step / max(1, total_steps)
+    if budget_s > 0:
+        progress = max(progress, elapsed_s / budget_s)
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded across ranks, that can skip the batches already
+    trained (so a resumed run sees exactly the data it would have seen)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.skip = 0, 0
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+
+    def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_samples
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        if self.world > 1:  # pad so every rank gets the same count (as DistributedSampler does)
+            per_rank = math.ceil(self.size / self.world)
+            order = (order * 2)[: per_rank * self.world][self.rank :: self.world]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self.skip
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_completed: int
+    elapsed_s: float
+    best_metric: float | None
+    metrics: dict[str, Any]
+    stopped_by: str  # epochs | time | early-stop | callback
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train `model` on `train_set`. Everything run-specific (where files go, what to evaluate)
+    is passed in; the loop itself knows nothing about detection or segmentation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        cfg: TrainConfig,
+        collate_fn: Callable | None = None,
+        loss_fn: LossFn = default_loss_fn,
+        evaluate_fn: EvalFn | None = None,
+        val_set: Dataset | None = None,
+        primary_metric: str = "map",
+        callbacks: Iterable[Callback] = (),
+        run_dir: Path | None = None,
+        workers: int = 0,
+    ):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.evaluate_fn = evaluate_fn
+        self.primary_metric = primary_metric
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.is_main = dist_utils.is_main()
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        per_rank_batch = max(1, cfg.batch_size // dist_utils.world_size())
+        self.sampler = EpochSampler(len(train_set), cfg.seed)
+        pin = self.device.type == "cuda"
+        loader_args = dict(collate_fn=collate_fn, num_workers=workers, pin_memory=pin,
+                           persistent_workers=workers > 0)
+        self.train_loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=self.sampler,
+                                       drop_last=len(train_set) >= per_rank_batch * 2, **loader_args)
+        self.val_loader = (DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, **loader_args)
+                           if val_set is not None and self.is_main else None)
+
+        self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.ema = build_ema(self.model, cfg.ema_decay) if cfg.ema else None
+        self.steps_per_epoch = max(1, len(self.train_loader))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.state = TrainState(model=self.model, optimizer=self.optimizer)
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_before = 0.0  # seconds trained before a resume
+        self.best_metric: float | None = None
+        self.evals_without_improvement = 0
+
+    # ----- public -----------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and export: the EMA average when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def resume(self) -> bool:
+        """Continue from the newest valid checkpoint in run_dir/checkpoints. False if none."""
+        if self.run_dir is None:
+            return False
+        found = load_latest(self.run_dir / "checkpoints", map_location=self.device)
+        if found is None:
+            return False
+        path, ckpt = found
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state.step = int(ckpt["step"])
+        self.state.epoch = int(ckpt["epoch"])
+        self.state.extra["batch_in_epoch"] = int(ckpt["batch_in_epoch"])
+        self.elapsed_before = float(ckpt["elapsed_s"])
+        self.history = list(ckpt.get("history", []))
+        self.best_metric = ckpt.get("best_metric")
+        self.evals_without_improvement = int(ckpt.get("evals_without_improvement", 0))
+        torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
+                 self.state.extra["batch_in_epoch"])
+        return True
+
+    def fit(self) -> TrainResult:
+        cfg, state = self.cfg, self.state
+        self.model.train()
+        self._call("on_train_start")
+        started = time.perf_counter()
+        budget_s = cfg.max_minutes * 60.0
+        stopped_by = "epochs"
+        metrics: dict[str, Any] = {}
+        start_batch = int(state.extra.pop("batch_in_epoch", 0))
+
+        from visiondoctor.engine.progress import EpochProgress
+
+        while state.epoch < cfg.epochs and stopped_by == "epochs":
+            self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
+            sums: dict[str, float] = {}
+            count, images_seen, epoch_start = 0, 0, time.perf_counter()
+            with EpochProgress(state.epoch, cfg.epochs, len(self.train_loader), enabled=self.is_main) as bar:
+                for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
+                    elapsed = self.elapsed_before + time.perf_counter() - started
+                    self._train_step(images, targets, elapsed, budget_s)
+                    for k, v in state.log.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    images_seen += _batch_len(images)
+                    rate = images_seen / max(1e-9, time.perf_counter() - epoch_start)
+                    bar.advance(state.log.get("loss", float("nan")), rate)
+                    if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                        self._checkpoint(batch_index + 1, elapsed)
+                    if state.stop:
+                        stopped_by = "callback"
+                        break
+                    if budget_s and self.elapsed_before + time.perf_counter() - started >= budget_s:
+                        stopped_by = "time"
+                        break
+            start_batch = 0
+            epoch_done = stopped_by == "epochs"
+            if epoch_done:
+                state.epoch += 1
+            elapsed = self.elapsed_before + time.perf_counter() - started
+            row = {"epoch": state.epoch, "step": state.step, "split": "train", "elapsed_s": round(elapsed, 2),
+                   "lr": self.optimizer.param_groups[0]["lr"],
+                   "images_per_s": round(images_seen / max(1e-9, time.perf_counter() - epoch_start), 2)}
+            row.update({k: v / max(1, count) for k, v in sums.items()})
+            self.history.append(row)
+            self._call("on_epoch_end")
+            last = not epoch_done or state.epoch >= cfg.epochs
+            if last or state.epoch % max(1, cfg.eval_every) == 0:
+                metrics = self._validate(elapsed)
+                if self._early_stop(metrics):
+                    stopped_by = "early-stop"
+            if last or state.epoch % max(1, cfg.checkpoint_every) == 0 or stopped_by != "epochs":
+                self._checkpoint(0, elapsed)
+            self._write_history()
+
+        self._call("on_train_end")
+        elapsed = self.elapsed_before + time.perf_counter() - started
+        return TrainResult(state.step, state.epoch, elapsed, self.best_metric, metrics, stopped_by, self.history)
+
+    # ----- one step ---------------------------------------------------------------------------
+    def _train_step(self, images: Any, targets: Any, elapsed_s: float, budget_s: float) -> None:
+        cfg, state = self.cfg, self.state
+        images, targets = _to_device(images, self.device), _to_device(targets, self.device)
+        state.images, state.targets, state.log = images, targets, {}
+        factor = lr_factor(state.step, self.total_steps, elapsed_s, budget_s, cfg.warmup_steps, cfg.scheduler)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        self._call("before_step")
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            losses = self.loss_fn(self.ddp_model, images, targets)
+            total = sum(cfg.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        state.losses, state.loss = losses, total
+        self._call("after_forward")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+        state.grad_norm = float(norm)
+        self._call("after_backward")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        state.step += 1
+
+        state.log.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
+        state.log["loss"] = float(total.detach())
+        state.log["grad_norm"] = state.grad_norm
+        self._call("after_step")
+
+    # ----- validation, early stopping, checkpoints ---------------------------------------------
+    def _validate(self, elapsed: float) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if self.is_main:
+            row: dict[str, Any] = {"epoch": self.state.epoch, "step": self.state.step, "split": "val",
+                                   "elapsed_s": round(elapsed, 2)}
+            if self.val_loader is not None:
+                row.update(self._val_losses())
+            if self.evaluate_fn is not None:
+                self.eval_model.eval()
+                with torch.no_grad():
+                    metrics = self.evaluate_fn(self.eval_model)
+                self.model.train()
+                row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.history.append(row)
+        metrics = dist_utils.broadcast_object(metrics)
+        for cb in self.callbacks:
+            self._safe(cb, "on_eval_end", self.state, metrics)
+        return metrics
+
+    def _val_losses(self) -> dict[str, float]:
+        """Validation losses in train mode (torchvision detectors only return losses then), with
+        BatchNorm and dropout held in eval mode so validation does not change the model."""
+        model = self.eval_model
+        model.train()
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                m.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                             enabled=self.amp_dtype is not None):
+            for images, targets in self.val_loader:
+                losses = self.loss_fn(model, _to_device(images, self.device), _to_device(targets, self.device))
+                total = sum(self.cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+                for k, v in losses.items():
+                    sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v)
+                sums["loss"] = sums.get("loss", 0.0) + float(total)
+                n += 1
+        self.model.train()
+        return {k: v / max(1, n) for k, v in sums.items()}
+
+    def _early_stop(self, metrics: dict[str, Any]) -> bool:
+        value = metrics.get(self.primary_metric)
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        if self.best_metric is None or value > self.best_metric:
+            self.best_metric, self.evals_without_improvement = float(value), 0
+            if self.is_main and self.run_dir is not None:
+                save_checkpoint(self.run_dir / "checkpoints" / "best", self.state.step,
+                                {"model": self.eval_model.state_dict(), "step": self.state.step,
+                                 self.primary_metric: float(value)}, keep=1)
+            return False
+        self.evals_without_improvement += 1
+        patience = self.cfg.early_stop_patience
+        return patience > 0 and self.evals_without_improvement >= patience
+
+    def _checkpoint(self, batch_in_epoch: int, elapsed: float) -> None:
+        if not self.is_main or self.run_dir is None:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "elapsed_s": elapsed,
+            "history": self.history,
+            "best_metric": self.best_metric,
+            "evals_without_improvement": self.evals_without_improvement,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        save_checkpoint(self.run_dir / "checkpoints", self.state.step, state)
+
+    def _write_history(self) -> None:
+        if not self.is_main or self.run_dir is None or not self.history:
+            return
+        from visiondoctor.rundir import write_bytes_atomic
+
+        columns: list[str] = []
+        for row in self.history:
+            columns += [k for k in row if k not in columns]
+        import io
+
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_bytes_atomic(self.run_dir / "history.csv", out.getvalue().encode())
+
+    # ----- callbacks ----------------------------------------------------------------------------
+    def _call(self, hook: str) -> None:
+        for cb in self.callbacks:
+            self._safe(cb, hook, self.state)
+
+    def _safe(self, cb: Callback, hook: str, *args: Any) -> None:
+        try:
+            getattr(cb, hook)(*args)
+        except Exception as exc:  # a failing check must never stop the run
+            errors = self.state.extra.setdefault("callback_errors", [])
+            errors.append(f"{type(cb).__name__}.{hook}: {exc.__class__.__name__}: {exc}")
+            log.warning("callback %s.%s failed: %s", type(cb).__name__, hook, exc)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on norm layers and biases (as torchvision's reference recipes do)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
+            (no_decay if is_norm or name == "bias" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"train.optimizer={cfg.optimizer!r}: expected sgd or adamw")
+
+
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _batch_len(images: Any) -> int:
+    return len(images) if isinstance(images, (list, tuple)) else int(images.shape[0])
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

@@ -1,0 +1,9 @@
+"""Exceptions that are the user's input, not our bug: the CLI prints them as a message and exits 2."""
+from visiondoctor.config import ConfigError
+from visiondoctor.data.samples import DataError
+from visiondoctor.engine.checkpoint import CheckpointError
+from visiondoctor.models.detection import WeightsUnavailable
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError, ConfigError, CheckpointError, WeightsUnavailable, FileNotFoundError, ValueError, KeyError,
+)
