@@ -22,6 +22,7 @@ class Problem:
     record: str  # e.g. "image id 12", "annotation id 40", "line 3"
     message: str
     action: ProblemAction  # repaired (with a counted warning), refused (record unusable), info
+    kind: str = "other"  # short stable tag for counting, e.g. "box_outside", "missing_image"
 
     def __str__(self) -> str:
         return f"{self.file}: {self.record}: {self.message} [{self.action}]"

@@ -1,0 +1,159 @@
+"""Readers on well-formed input: the real BCCD export, COCO layouts, round trips, image decoding."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datafixtures import coco_dict, write_coco_dataset, write_image
+from visiondoctor.data.formats import FORMATS, detect_format, list_splits, load_detection, match_split
+from visiondoctor.data.formats.coco import read_coco, to_coco_dict, write_coco
+from visiondoctor.data.images import image_size, load_rgb
+from visiondoctor.data.samples import DataError
+
+BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd"
+if not BCCD.is_dir():
+    BCCD = Path("/work/shared/datasets/bccd")
+needs_bccd = pytest.mark.skipif(not BCCD.is_dir(), reason="BCCD dataset not present")
+
+
+@needs_bccd
+@pytest.mark.parametrize("split,images,boxes", [("train", 210, 4947), ("valid", 20, 470), ("val", 20, 470), ("test", 10, 221)])
+def test_bccd_counts_and_empty_supercategory(split, images, boxes):
+    index = load_detection(BCCD, split=split)
+    assert len(index.records) == images
+    assert index.num_boxes == boxes
+    assert [c.name for c in index.empty_categories()] == ["RBC-WBC"]
+    assert [(p.record, p.action, p.kind) for p in index.problems] == [("category 0", "info", "empty_category")]
+    assert {c.id: c.name for c in index.categories} == {0: "RBC-WBC", 1: "rbc", 2: "wbc"}
+
+
+@needs_bccd
+def test_bccd_splits_and_format():
+    assert detect_format(BCCD) == "coco"
+    assert list_splits(BCCD) == ["test", "train", "valid"]
+    with pytest.raises(DataError, match="choose one"):
+        load_detection(BCCD)
+    with pytest.raises(DataError, match="no split 'holdout'"):
+        load_detection(BCCD, split="holdout")
+
+
+@needs_bccd
+def test_bccd_ground_truth_as_predictions_scores_ap_one():
+    """The written GT dict is valid faster-coco-eval input, with annotation ids 1.. (id 0 would read as unmatched)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    index = load_detection(BCCD, split="test")
+    gt = to_coco_dict(index)
+    assert min(a["id"] for a in gt["annotations"]) >= 1
+    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+             for a in gt["annotations"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(gt)
+        evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(preds), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(1.0)
+
+
+def test_coco_reads_boxes_as_xyxy(tmp_path):
+    index = read_coco(write_coco_dataset(tmp_path))
+    assert index.problems == []
+    first = index.records[0]
+    assert (first.image_id, first.width, first.height) == (1, 64, 48)
+    assert first.boxes == [(2.0, 3.0, 12.0, 15.0), (20.0, 10.0, 35.0, 30.0)]
+    assert first.category_ids == [1, 2] and first.annotation_ids == [1, 2]
+    assert first.areas == [120.0, 300.0] and first.iscrowd == [0, 0]
+    assert first.path == tmp_path / "img1.png"
+
+
+def test_coco_round_trip(tmp_path):
+    index = read_coco(write_coco_dataset(tmp_path / "src"))
+    out = write_coco(index, tmp_path / "out" / "gt.json")
+    again = read_coco(out, images_root=index.root)
+    assert [(r.image_id, r.file_name, r.width, r.height, r.boxes, r.category_ids, r.annotation_ids) for r in again.records] == [
+        (r.image_id, r.file_name, r.width, r.height, r.boxes, r.category_ids, r.annotation_ids) for r in index.records
+    ]
+    assert again.categories == index.categories
+    assert not list((tmp_path / "out").glob(".*tmp"))  # the atomic write left no temporary file
+
+
+def test_coco_layout_with_instances_files(tmp_path):
+    data = coco_dict()
+    write_coco_dataset(tmp_path / "val2017", data, name="unused.json")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    assert detect_format(tmp_path) == "coco"
+    assert list_splits(tmp_path) == ["val2017"]
+    index = load_detection(tmp_path)  # a single split needs no name
+    assert index.root == tmp_path / "val2017"
+    assert len(index.records) == 2 and index.problems == []
+
+
+def test_single_roboflow_split_folder_and_json_file(tmp_path):
+    path = write_coco_dataset(tmp_path)
+    assert len(load_detection(tmp_path).records) == 2
+    assert len(load_detection(path, split="ignored for a file").records) == 2
+
+
+def test_check_images_off_trusts_json(tmp_path):
+    data = coco_dict()
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))  # no image files at all
+    index = read_coco(path, check_images=False)
+    assert len(index.records) == 2 and index.num_boxes == 4
+
+
+def test_unknown_folder_and_format(tmp_path):
+    assert set(FORMATS) == {"coco", "voc", "yolo"}
+    with pytest.raises(DataError, match="no detection dataset recognised"):
+        load_detection(tmp_path)
+    with pytest.raises(DataError, match="no such file"):
+        load_detection(tmp_path / "missing")
+    with pytest.raises(DataError, match="unknown detection format"):
+        load_detection(write_coco_dataset(tmp_path), format="pascal")
+
+
+def test_match_split_aliases():
+    assert match_split("val", ["train", "valid"]) == "valid"
+    assert match_split("valid", ["train", "val"]) == "val"
+    assert match_split("validation", ["val"]) == "val"
+    assert match_split("test", ["train", "valid"]) is None
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_load_rgb_any_mode_gives_uint8_rgb(tmp_path, mode):
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    path = write_image(tmp_path / f"x{suffix}", 20, 10, mode)
+    image = load_rgb(path)
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 10, 20)
+    assert image_size(path) == (20, 10)
+
+
+def test_load_rgb_scales_16_bit_instead_of_clipping(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image = load_rgb(tmp_path / "deep.png")
+    assert image[0, 0].tolist() == [0, 100, 255]
+    assert torch.equal(image[0], image[2])  # grey stays grey
+
+
+def test_load_rgb_and_size_name_the_bad_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    for fn in (load_rgb, image_size):
+        with pytest.raises(DataError, match="broken.png"):
+            fn(bad)
+        with pytest.raises(DataError, match="not found"):
+            fn(tmp_path / "gone.png")
+    truncated = write_image(tmp_path / "cut.png", 64, 64)
+    truncated.write_bytes(truncated.read_bytes()[:80])
+    with pytest.raises(DataError, match="cut.png"):
+        load_rgb(truncated)
