@@ -209,10 +209,12 @@ class Trainer:
             self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
             sums: dict[str, float] = {}
             count, images_seen, epoch_start = 0, 0, time.perf_counter()
+            batches_done = start_batch
             with EpochProgress(state.epoch, cfg.epochs, len(self.train_loader), enabled=self.is_main) as bar:
                 for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
                     elapsed = self.elapsed_before + time.perf_counter() - started
                     self._train_step(images, targets, elapsed, budget_s)
+                    batches_done = batch_index + 1
                     for k, v in state.log.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
@@ -244,7 +246,7 @@ class Trainer:
                 if self._early_stop(metrics):
                     stopped_by = "early-stop"
             if last or state.epoch % max(1, cfg.checkpoint_every) == 0 or stopped_by != "epochs":
-                self._checkpoint(0, elapsed)
+                self._checkpoint(0 if epoch_done else batches_done, elapsed)
             self._write_history()
 
         self._call("on_train_end")
