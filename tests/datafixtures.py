@@ -48,3 +48,67 @@ def write_coco_dataset(folder: Path, data: dict[str, Any] | None = None, name: s
     path = folder / name
     path.write_text(json.dumps(data))
     return path
+
+
+def voc_xml(filename: str, width: int, height: int, objects: list[tuple]) -> str:
+    """One VOC annotation; objects are (name, xmin, ymin, xmax, ymax[, difficult])."""
+    parts = [f"<annotation><folder>x</folder><filename>{filename}</filename>",
+             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    for name, x1, y1, x2, y2, *rest in objects:
+        difficult = rest[0] if rest else 0
+        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                     f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+VOC_IMAGES = {
+    "a": (64, 48, [("dog", 1, 1, 64, 48), ("cat", 10, 5, 20, 25, 1)]),
+    "b": (80, 60, [("cat", 30, 20, 50, 40)]),
+}
+
+
+def write_voc_dataset(root: Path, images: dict | None = None, flat: bool = False,
+                      splits: dict[str, list[str]] | None = None) -> Path:
+    """Annotations/ + JPEGImages/ (+ ImageSets/Main/<split>.txt), or XML beside images when `flat`."""
+    images = VOC_IMAGES if images is None else images
+    ann_dir = root if flat else root / "Annotations"
+    img_dir = root if flat else root / "JPEGImages"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    for stem, (w, h, objects) in images.items():
+        write_image(img_dir / f"{stem}.png", w, h)
+        (ann_dir / f"{stem}.xml").write_text(voc_xml(f"{stem}.png", w, h, objects))
+    for split, stems in (splits or {}).items():
+        (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    return root
+
+
+YOLO_IMAGES = {
+    "a": (64, 48, ["0 0.5 0.5 0.25 0.5", "1 0.1 0.2 0.1 0.2"]),
+    "b": (80, 60, ["1 0.5 0.5 1.0 1.0"]),
+}
+
+
+def write_yolo_dataset(root: Path, split: str | None = "train", images: dict | None = None,
+                       names: Any = ("circle", "square"), names_file: str | None = "data.yaml",
+                       roboflow: bool = False) -> Path:
+    """images/<split>/ + labels/<split>/ (or <split>/images + <split>/labels when `roboflow`)."""
+    images = YOLO_IMAGES if images is None else images
+    if split is None:
+        img_dir, label_dir = root / "images", root / "labels"
+    elif roboflow:
+        img_dir, label_dir = root / split / "images", root / split / "labels"
+    else:
+        img_dir, label_dir = root / "images" / split, root / "labels" / split
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for stem, (w, h, lines) in images.items():
+        write_image(img_dir / f"{stem}.png", w, h)
+        if lines is not None:
+            (label_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    if names_file == "data.yaml":
+        import yaml
+
+        (root / "data.yaml").write_text(yaml.safe_dump({"names": names if isinstance(names, dict) else list(names)}))
+    elif names_file == "classes.txt":
+        (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root

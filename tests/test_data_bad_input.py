@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from datafixtures import coco_dict, write_coco_dataset, write_image
+from datafixtures import coco_dict, voc_xml, write_coco_dataset, write_image, write_voc_dataset, write_yolo_dataset
 from visiondoctor.data.formats.coco import read_coco
+from visiondoctor.data.formats.voc import read_voc
+from visiondoctor.data.formats.yolo import read_yolo
 from visiondoctor.data.images import resolve_image_path
 from visiondoctor.data.samples import DataError, DetectionIndex
 
@@ -274,3 +276,144 @@ def test_nothing_is_dropped_without_a_refusal(tmp_path):
     assert index.num_boxes + len(refused) == 4
     for p in index.problems:
         assert p.file.endswith("_annotations.coco.json") and p.record and p.message
+
+
+# --- Pascal VOC ---------------------------------------------------------------------------------
+
+def voc_with(tmp_path: Path, objects: list[tuple], filename: str = "c.png", size=(64, 48), image=True) -> DetectionIndex:
+    """The two good fixture images plus c.xml with `objects`."""
+    write_voc_dataset(tmp_path)
+    if image:
+        write_image(tmp_path / "JPEGImages" / "c.png", *size)
+    (tmp_path / "Annotations" / "c.xml").write_text(voc_xml(filename, *size, objects))
+    return read_voc(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "obj,kind",
+    [
+        (("dog", 1, 1, 65, 49), "box_clipped"),  # one pixel past the 64x48 image
+        (("dog", 1, 1, 164, 48), "box_outside"),
+        (("dog", 30, 5, 20, 25), "empty_box"),  # xmin > xmax
+        (("dog", "a", 5, 20, 25), "wrong_type"),
+        (("", 1, 1, 10, 10), "missing_key"),
+        (("dog", 1, 1, 10, 10, "maybe"), "wrong_type"),  # difficult repaired to 0
+    ],
+)
+def test_voc_bad_object(tmp_path, obj, kind):
+    index = voc_with(tmp_path, [obj, ("cat", 2, 2, 9, 9)])
+    assert problems(index) == [("c.xml object 1", kind)]
+    problem = next(p for p in index.problems if p.kind == kind)
+    assert problem.file == str(tmp_path / "Annotations" / "c.xml")
+    assert index.num_boxes == 3 + 1 + (problem.action == "repaired")  # fixture boxes + the good cat (+ the repaired one)
+
+
+def test_voc_bad_files(tmp_path):
+    write_voc_dataset(tmp_path)
+    ann = tmp_path / "Annotations"
+    (ann / "broken.xml").write_text("<annotation><filename>a.png</filename")
+    (ann / "other.xml").write_text("<svg></svg>")
+    (ann / "gone.xml").write_text(voc_xml("gone.png", 10, 10, [("dog", 1, 1, 5, 5)]))
+    (ann / "escape.xml").write_text(voc_xml("../../x.png", 10, 10, [("dog", 1, 1, 5, 5)]))
+    (ann / "size.xml").write_text(voc_xml("b.png", 100, 100, [("dog", 1, 1, 5, 5)]))
+    bomb = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+            + "".join(f'<!ENTITY a{i} "{("&a;" if i == 1 else f"&a{i - 1};") * 10}">' for i in range(1, 9))
+            + ']><annotation><filename>&a8;</filename></annotation>')
+    (ann / "bomb.xml").write_text(bomb)
+    index = read_voc(tmp_path)
+    assert sorted(problems(index, "refused") + problems(index, "repaired")) == [
+        ("bomb.xml", "invalid_xml"), ("broken.xml", "invalid_xml"),
+        ("escape.xml", "path_escape"), ("escape.xml object 1", "image_refused"),
+        ("gone.xml", "missing_image"), ("gone.xml object 1", "image_refused"),
+        ("other.xml", "invalid_xml"), ("size.xml", "size_mismatch"),
+    ]
+    assert len(index.records) == 3
+    assert ("size.xml", "duplicate_file") in [(p.record, p.kind) for p in index.problems if p.action == "info"]
+
+
+def test_voc_split_list_problems(tmp_path):
+    write_voc_dataset(tmp_path, splits={"train": ["a", "missing", "../../../etc/passwd", "b"]})
+    index = read_voc(tmp_path, split="train")
+    assert [(p.file.endswith("train.txt"), p.record, p.kind) for p in index.problems] == [
+        (True, "line 2", "missing_annotation"), (True, "line 3", "path_escape")]
+    assert len(index.records) == 2
+    with pytest.raises(DataError, match="split list not found"):
+        read_voc(tmp_path, split="test")
+
+
+def test_voc_without_xml_or_usable_images(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    with pytest.raises(DataError, match="no VOC annotation"):
+        read_voc(tmp_path)
+    (tmp_path / "Annotations" / "a.xml").write_text(voc_xml("a.png", 10, 10, [("dog", 1, 1, 5, 5)]))
+    with pytest.raises(DataError, match="no usable images") as err:
+        read_voc(tmp_path)
+    assert err.value.problems[0].kind == "missing_image"
+
+
+# --- YOLO --------------------------------------------------------------------------------------------
+
+def yolo_with(tmp_path: Path, lines: list[str], **kw) -> DetectionIndex:
+    write_yolo_dataset(tmp_path, "train", images={"a": (64, 48, ["0 0.5 0.5 0.5 0.5"]), "c": (64, 48, lines)}, **kw)
+    return read_yolo(tmp_path, "train")
+
+
+@pytest.mark.parametrize(
+    "line,kind",
+    [
+        ("0 0.99 0.5 0.04 0.2", "box_clipped"),  # x2 = 1.01 * 64: 0.64 px outside
+        ("0 32 24 16 24", "box_outside"),  # pixels instead of fractions
+        ("0 0.5 0.5 0 0.2", "empty_box"),
+        ("0 0.5 0.5 0.2", "wrong_type"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "wrong_type"),
+        ("0 0.5 0.5 x 0.2", "wrong_type"),
+        ("0 0.5 nan 0.2 0.2", "wrong_type"),
+        ("1.5 0.5 0.5 0.2 0.2", "wrong_type"),
+        ("-1 0.5 0.5 0.2 0.2", "wrong_type"),
+        ("7 0.5 0.5 0.2 0.2", "unknown_category"),
+    ],
+)
+def test_yolo_bad_line(tmp_path, line, kind):
+    index = yolo_with(tmp_path, ["1 0.5 0.5 0.2 0.2", line])
+    assert problems(index) == [("line 2", kind)]
+    assert index.problems[0].file == str(tmp_path / "labels" / "train" / "c.txt")
+    assert index.num_boxes == (3 if kind == "box_clipped" else 2)
+    if kind == "box_outside":
+        assert "pixels instead of fractions" in index.problems[0].message
+
+
+def test_yolo_orphan_label_unlabelled_and_unreadable(tmp_path):
+    write_yolo_dataset(tmp_path, "train", images={"a": (64, 48, ["0 0.5 0.5 0.5 0.5"]), "b": (64, 48, None),
+                                                  "c": (64, 48, ["0 0.5 0.5 0.5 0.5"]), "d": (64, 48, ["1 .5 .5 .5 .5"])})
+    (tmp_path / "labels" / "train" / "zz.txt").write_text("0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n")
+    (tmp_path / "images" / "train" / "c.png").write_bytes(b"garbage")
+    (tmp_path / "labels" / "train" / "d.txt").write_bytes(b"\xff\xfe 0 0.5")
+    index = read_yolo(tmp_path, "train")
+    assert sorted(problems(index)) == [
+        ("1 images", "no_label_file"), ("c.png", "unreadable_image"), ("d.png", "image_refused"),
+        ("d.txt", "invalid_label_file"), ("line 1", "image_refused"), ("line 1", "orphan_label"),
+        ("line 2", "orphan_label"),
+    ]
+    assert [r.file_name for r in index.records] == ["a.png", "b.png"] and index.num_boxes == 1
+
+
+def test_yolo_names_files(tmp_path):
+    index = yolo_with(tmp_path / "none", ["5 0.5 0.5 0.2 0.2"], names_file=None)
+    assert [(c.id, c.name) for c in index.categories] == [(0, "class_0"), (5, "class_5")]
+    assert ("classes", "missing_names") in [(p.record, p.kind) for p in index.problems]
+    for text, message in (("names: [a, b", "invalid YAML"), ("nc: 2\n", "'names' missing"),
+                          ("names: {x: a}\n", "not a class index"), ("d: 2020-13-45\nnames: [a]\n", "invalid YAML")):
+        write_yolo_dataset(tmp_path / "bad", "train")
+        (tmp_path / "bad" / "data.yaml").write_text(text)
+        with pytest.raises(DataError, match=message) as err:
+            read_yolo(tmp_path / "bad", "train")
+        assert "data.yaml" in str(err.value)
+
+
+def test_yolo_missing_split_and_all_refused(tmp_path):
+    write_yolo_dataset(tmp_path, "train")
+    with pytest.raises(DataError, match=r"no YOLO image folder.*splits found: \['train'\]"):
+        read_yolo(tmp_path, "test")
+    with pytest.raises(DataError, match="none of the 2 boxes is usable"):
+        write_yolo_dataset(tmp_path / "x", "train", images={"a": (64, 48, ["9 .5 .5 .1 .1", "9 .5 .5 .1 .1"])})
+        read_yolo(tmp_path / "x", "train")

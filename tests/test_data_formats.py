@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from datafixtures import coco_dict, write_coco_dataset, write_image
+from datafixtures import coco_dict, write_coco_dataset, write_image, write_voc_dataset, write_yolo_dataset
 from visiondoctor.data.formats import FORMATS, detect_format, list_splits, load_detection, match_split
 from visiondoctor.data.formats.coco import read_coco, to_coco_dict, write_coco
+from visiondoctor.data.formats.voc import read_voc
+from visiondoctor.data.formats.yolo import read_yolo
 from visiondoctor.data.images import image_size, load_rgb
 from visiondoctor.data.samples import DataError
 
@@ -157,3 +159,67 @@ def test_load_rgb_and_size_name_the_bad_file(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:80])
     with pytest.raises(DataError, match="cut.png"):
         load_rgb(truncated)
+
+
+# --- Pascal VOC ---------------------------------------------------------------------------------
+
+def test_voc_devkit_layout(tmp_path):
+    write_voc_dataset(tmp_path)
+    assert detect_format(tmp_path) == "voc" and list_splits(tmp_path) == []
+    index = load_detection(tmp_path)
+    assert index.problems == []
+    assert [(c.id, c.name) for c in index.categories] == [(1, "cat"), (2, "dog")]  # sorted names -> 1..N
+    a, b = index.records
+    assert (a.image_id, a.file_name, a.path) == (1, "a.png", tmp_path / "JPEGImages" / "a.png")
+    assert a.boxes == [(0.0, 0.0, 64.0, 48.0), (9.0, 4.0, 20.0, 25.0)]  # 1-based inclusive -> xyxy
+    assert a.category_ids == [2, 1] and a.iscrowd == [0, 1]  # difficult -> iscrowd
+    assert [a.annotation_ids, b.annotation_ids] == [[1, 2], [3]]
+
+
+def test_voc_flat_layout_and_splits(tmp_path):
+    write_voc_dataset(tmp_path / "flat", flat=True)
+    assert detect_format(tmp_path / "flat") == "voc"
+    assert len(load_detection(tmp_path / "flat").records) == 2
+    write_voc_dataset(tmp_path / "kit", splits={"train": ["b"], "val": ["a"]})
+    (tmp_path / "kit" / "ImageSets" / "Main" / "cat_train.txt").write_text("b  1\n")  # per-class list, not a split
+    assert list_splits(tmp_path / "kit") == ["train", "val"]
+    index = load_detection(tmp_path / "kit", split="valid")
+    assert [r.file_name for r in index.records] == ["a.png"]
+    assert read_voc(tmp_path / "kit", split="train").num_boxes == 1
+
+
+# --- YOLO -------------------------------------------------------------------------------------------
+
+def test_yolo_ultralytics_layout(tmp_path):
+    write_yolo_dataset(tmp_path, "train")
+    write_yolo_dataset(tmp_path, "val")
+    assert detect_format(tmp_path) == "yolo" and list_splits(tmp_path) == ["train", "val"]
+    index = load_detection(tmp_path, split="valid")
+    assert index.problems == []
+    assert [(c.id, c.name) for c in index.categories] == [(0, "circle"), (1, "square")]  # YOLO index kept
+    a, b = index.records
+    assert a.boxes == [pytest.approx((24.0, 12.0, 40.0, 36.0)), pytest.approx((3.2, 4.8, 9.6, 14.4))]
+    assert a.category_ids == [0, 1] and b.boxes == [(0.0, 0.0, 80.0, 60.0)]
+    assert a.file_name == "a.png" and a.path == tmp_path / "images" / "val" / "a.png"
+
+
+def test_yolo_roboflow_layout_dict_names_and_classes_txt(tmp_path):
+    write_yolo_dataset(tmp_path / "rf", "valid", names={0: "circle", 1: "square"}, roboflow=True)
+    assert list_splits(tmp_path / "rf") == ["valid"]
+    assert load_detection(tmp_path / "rf", split="val").num_boxes == 3
+    assert load_detection(tmp_path / "rf" / "data.yaml").num_boxes == 3
+    write_yolo_dataset(tmp_path / "ct", None, names_file="classes.txt")
+    index = read_yolo(tmp_path / "ct", None)
+    assert [c.name for c in index.categories] == ["circle", "square"] and index.num_boxes == 3
+
+
+def test_yolo_polygon_line_gives_its_bounding_box(tmp_path):
+    write_yolo_dataset(tmp_path, "train", images={"a": (100, 50, ["0 0.1 0.2 0.5 0.2 0.3 0.8"])})
+    assert read_yolo(tmp_path, "train").records[0].boxes == [pytest.approx((10.0, 10.0, 50.0, 40.0))]
+
+
+def test_voc_and_yolo_convert_to_coco(tmp_path):
+    for name, make in (("voc", write_voc_dataset), ("yolo", lambda p: write_yolo_dataset(p, None))):
+        index = load_detection(make(tmp_path / name))
+        again = read_coco(write_coco(index, tmp_path / f"{name}.json"), images_root=index.root)
+        assert [(r.boxes, r.category_ids) for r in again.records] == [(r.boxes, r.category_ids) for r in index.records]

@@ -1,0 +1,207 @@
+"""YOLO txt labels: `class cx cy w h` per line, fractions of the image size.
+
+Layouts: `images/<split>/` + `labels/<split>/` (Ultralytics), `<split>/images/` +
+`<split>/labels/` (Roboflow YOLO export), or flat `images/` + `labels/`; the label of
+`images/<split>/a/b.jpg` is `labels/<split>/a/b.txt`. Class names come from `data.yaml`
+(`names` as a list or an {index: name} mapping) or `classes.txt`, one name per line.
+
+Decisions:
+- The dataset category id *is* the YOLO class index (0-based), so predictions written back in
+  dataset ids use the same numbers as the label files; CategoryMap shifts them for background.
+- Without a names file the classes are those seen in the labels, named `class_<i>` (noted).
+- An image without a label file has no objects (the YOLO convention), noted once as info; a
+  label file without an image is refused with its lines.
+- A line with more than 5 values and an odd count is a polygon (`class x1 y1 x2 y2 ...`,
+  Ultralytics' segment format); its bounding box is used.
+- `data.yaml` paths (`train:`, `val:`, `path:`) are not followed: they may point anywhere,
+  and the folder layout above already says where each split is.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
+from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size
+from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
+
+NAME_FILES = ("data.yaml", "data.yml", "classes.txt")
+
+
+def read_yolo(root: str | Path, split: str | None = None) -> DetectionIndex:
+    """Read one split of a YOLO dataset folder (all of a flat `images/` + `labels/` when split is None)."""
+    root = Path(root)
+    img_dir, label_dir = _split_dirs(root, split)
+    log = ProblemLog(label_dir)
+    names = _class_names(root)
+    images = sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    labelled_stems = {p.relative_to(img_dir).with_suffix("") for p in images}
+
+    records: list[DetectionRecord] = []
+    seen_classes: set[int] = set()
+    lines_in_source = 0
+    unlabelled: list[str] = []
+    for path in images:
+        rel = path.relative_to(img_dir)
+        label_file = label_dir / rel.with_suffix(".txt")
+        lines = _label_lines(label_file, log)
+        if lines is None:
+            log.refuse(rel.as_posix(), f"its label file {label_file.name} is unreadable", "image_refused", path)
+            continue
+        lines_in_source += len(lines)
+        try:
+            width, height = image_size(path)
+        except DataError as error:
+            log.refuse(rel.as_posix(), str(error), "unreadable_image", path)
+            for n, _ in lines:
+                log.refuse(f"line {n}", "its image was refused", "image_refused", label_file)
+            continue
+        if not label_file.exists():
+            unlabelled.append(rel.as_posix())
+        record = DetectionRecord(image_id=len(records) + 1, file_name=rel.as_posix(), path=path, width=width, height=height)
+        for n, text in lines:
+            _read_line(text, f"line {n}", label_file, record, names, seen_classes, log)
+        records.append(record)
+
+    for label_file in sorted(label_dir.rglob("*.txt")) if label_dir.is_dir() else []:
+        if label_file.relative_to(label_dir).with_suffix("") not in labelled_stems and label_file.name != "classes.txt":
+            lines = _label_lines(label_file, log) or []
+            lines_in_source += len(lines)
+            for n, _ in lines:
+                log.refuse(f"line {n}", f"label file has no image in {img_dir}", "orphan_label", label_file)
+    if unlabelled:
+        log.info(f"{len(unlabelled)} images", f"no label file, taken as images without objects: {unlabelled[:5]}"
+                 + (" ..." if len(unlabelled) > 5 else ""), "no_label_file")
+
+    if names is None:
+        names = {c: f"class_{c}" for c in sorted(seen_classes)}
+        log.info("classes", f"no {' / '.join(NAME_FILES)} in {root}; class names made up from the indices seen",
+                 "missing_names")
+    categories = [Category(cid, name) for cid, name in sorted(names.items())]
+    next_ann = 1
+    for record in records:
+        record.annotation_ids = list(range(next_ann, next_ann + len(record.boxes)))
+        next_ann += len(record.boxes)
+    return finish_index(img_dir, label_dir, categories, records, log, lines_in_source)
+
+
+def yolo_splits(root: str | Path) -> list[str]:
+    """Splits of a YOLO folder: sub-folders of `images/`, or folders holding `images/` + `labels/`."""
+    root = Path(root)
+    found = set()
+    if (root / "images").is_dir():
+        found |= {d.name for d in (root / "images").iterdir() if d.is_dir()}
+    found |= {d.name for d in root.iterdir() if d.is_dir() and (d / "images").is_dir() and (d / "labels").is_dir()}
+    return sorted(found)
+
+
+def _split_dirs(root: Path, split: str | None) -> tuple[Path, Path]:
+    if split is None:
+        candidates = [(root / "images", root / "labels")]
+    else:
+        candidates = [(root / "images" / split, root / "labels" / split), (root / split / "images", root / split / "labels")]
+    for img_dir, label_dir in candidates:
+        if img_dir.is_dir():
+            return img_dir, label_dir
+    tried = ", ".join(str(c[0]) for c in candidates)
+    raise DataError(f"{root}: no YOLO image folder ({tried}); splits found: {yolo_splits(root)}")
+
+
+def _class_names(root: Path) -> dict[int, str] | None:
+    """{class index: name} from data.yaml / classes.txt, or None when neither exists."""
+    for file in NAME_FILES:
+        path = root / file
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from None
+        if file == "classes.txt":
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+            return dict(enumerate(names))
+        return _yaml_names(path, text)
+    return None
+
+
+def _yaml_names(path: Path, text: str) -> dict[int, str]:
+    try:
+        data: Any = yaml.safe_load(text)
+    # Besides YAMLError, PyYAML's constructors raise ValueError/TypeError/OverflowError on values
+    # such as an impossible date, and RecursionError on absurd nesting.
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise DataError(f"{path}: invalid YAML ({type(exc).__name__}: {exc})") from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, list):
+        return {i: str(n) for i, n in enumerate(names)}
+    if isinstance(names, dict):
+        result = {}
+        for key, value in names.items():
+            index = as_int(key) if not isinstance(key, str) else (int(key) if key.strip().isdigit() else None)
+            if index is None or index < 0:
+                raise DataError(f"{path}: 'names' key {key!r} is not a class index")
+            result[index] = str(value)
+        return result
+    raise DataError(f"{path}: 'names' missing or not a list / mapping of class names")
+
+
+def _label_lines(label_file: Path, log: ProblemLog) -> list[tuple[int, str]] | None:
+    """(line number, text) of the non-empty lines; [] without a file; None (refused) when unreadable."""
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        log.refuse(label_file.name, f"cannot read label file ({exc})", "invalid_label_file", label_file)
+        return None
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _read_line(
+    text: str, where: str, label_file: Path, record: DetectionRecord, names: dict[int, str] | None,
+    seen_classes: set[int], log: ProblemLog,
+) -> None:
+    tokens = text.split()
+    values = [_number(t) for t in tokens]
+    polygon = len(tokens) > 5 and len(tokens) % 2 == 1
+    if len(tokens) != 5 and not polygon:
+        log.refuse(where, f"expected 'class cx cy w h' (5 values), got {len(tokens)}: {text.strip()[:60]!r}",
+                   "wrong_type", label_file)
+        return
+    if any(v is None for v in values):
+        log.refuse(where, f"non-numeric value in {text.strip()[:60]!r}", "wrong_type", label_file)
+        return
+    class_id = as_int(values[0])
+    if class_id is None or class_id < 0:
+        log.refuse(where, f"class {tokens[0]!r} is not a class index", "wrong_type", label_file)
+        return
+    if names is not None and class_id not in names:
+        log.refuse(where, f"unknown class {class_id} (names has {len(names)})", "unknown_category", label_file)
+        return
+    if polygon:
+        xs, ys = values[1::2], values[2::2]
+        fx1, fy1, fx2, fy2 = min(xs), min(ys), max(xs), max(ys)
+    else:
+        cx, cy, w, h = values[1:]
+        fx1, fy1, fx2, fy2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    hint = " (values above 1: pixels instead of fractions of the image?)" if max(values[1:]) > 1.5 else ""
+    box = check_box((fx1 * record.width, fy1 * record.height, fx2 * record.width, fy2 * record.height),
+                    record.width, record.height, log, where, f"box {' '.join(tokens[1:5])}{hint}", label_file)
+    if box is None:
+        return
+    seen_classes.add(class_id)
+    record.boxes.append(box)
+    record.category_ids.append(class_id)
+    record.iscrowd.append(0)
+    record.areas.append((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _number(token: str) -> float | None:
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
