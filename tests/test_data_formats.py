@@ -17,6 +17,7 @@ from visiondoctor.data.formats.coco import read_coco, to_coco_dict, write_coco
 from visiondoctor.data.formats.voc import read_voc
 from visiondoctor.data.formats.yolo import read_yolo
 from visiondoctor.data.images import image_size, load_rgb
+from visiondoctor.data.validate import convert, format_report, problems_by_action, validate
 from visiondoctor.data.samples import DataError
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd"
@@ -223,3 +224,47 @@ def test_voc_and_yolo_convert_to_coco(tmp_path):
         index = load_detection(make(tmp_path / name))
         again = read_coco(write_coco(index, tmp_path / f"{name}.json"), images_root=index.root)
         assert [(r.boxes, r.category_ids) for r in again.records] == [(r.boxes, r.category_ids) for r in index.records]
+
+
+# --- validate and convert -------------------------------------------------------------------------
+
+@needs_bccd
+def test_validate_bccd_reports_classes_sizes_and_empty_supercategory():
+    report = validate(load_detection(BCCD, split="train"))
+    assert (report.num_images, report.num_boxes, report.ok) == (210, 4947, True)
+    assert report.categories == [{"id": 0, "name": "RBC-WBC", "boxes": 0}, {"id": 1, "name": "rbc", "boxes": 4725},
+                                 {"id": 2, "name": "wbc", "boxes": 222}]
+    assert report.empty_categories == ["RBC-WBC"]
+    assert report.problem_counts == {"empty_category": {"info": 1}}
+    stats = report.box_stats
+    assert stats["small"] + stats["medium"] + stats["large"] == 4947
+    assert 0 < stats["width_min"] <= stats["width_median"] <= stats["width_max"] <= 416
+    text = format_report(report)
+    assert "RBC-WBC" in text and "(no boxes)" in text and "0 refused" in text
+
+
+def test_validate_counts_problems_by_kind_and_action(tmp_path):
+    data = coco_dict()
+    data["annotations"][0]["bbox"] = [-1, 3, 11, 12]  # clipped
+    data["annotations"][1]["category_id"] = 5  # refused
+    data["annotations"][2]["bbox"] = [0, 0, 0, 4]  # refused
+    report = validate(read_coco(write_coco_dataset(tmp_path, data)))
+    assert report.problem_counts == {"box_clipped": {"repaired": 1}, "empty_box": {"refused": 1},
+                                     "unknown_category": {"refused": 1}}
+    assert (report.refused, report.repaired, report.ok, report.num_boxes) == (2, 1, False, 2)
+    assert report.to_dict()["refused"] == 2
+    assert "annotation id 2" in format_report(report)
+    assert problems_by_action(read_coco(tmp_path / "_annotations.coco.json").problems) == {
+        "repaired": 1, "refused": 2, "info": 0}
+
+
+def test_convert_writes_coco_readable_in_place_or_names_the_root(tmp_path):
+    write_voc_dataset(tmp_path / "voc")
+    inside = convert(tmp_path / "voc", "auto", None, tmp_path / "voc" / "coco.json")
+    assert inside.readable_in_place
+    back = read_coco(inside.out_path)
+    assert back.problems == [] and back.num_boxes == 3
+    assert [r.path for r in back.records] == [r.path for r in inside.index.records]
+    elsewhere = convert(tmp_path / "voc", "voc", None, tmp_path / "out" / "coco.json")
+    assert not elsewhere.readable_in_place and elsewhere.images_root == tmp_path / "voc" / "JPEGImages"
+    assert read_coco(elsewhere.out_path, images_root=elsewhere.images_root).num_boxes == 3

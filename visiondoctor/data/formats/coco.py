@@ -38,7 +38,7 @@ def read_coco(annotation_file: str | Path, images_root: str | Path | None = None
     (not its pixels) to confirm the file exists and to get its real size."""
     source = Path(annotation_file)
     data = load_json_object(source)
-    root = Path(images_root) if images_root is not None else default_images_root(source)
+    root = Path(images_root).absolute() if images_root is not None else default_images_root(source.absolute())
     log = ProblemLog(source)
     categories = _read_categories(data, source, log)
     records, refused_images = _read_images(data, source, root, check_images, log)
@@ -295,8 +295,11 @@ def _read_annotation(
     return target, box, category_id, iscrowd, float(area)
 
 
-def to_coco_dict(index: DetectionIndex) -> dict[str, Any]:
+def to_coco_dict(index: DetectionIndex, images_root: str | Path | None = None) -> dict[str, Any]:
     """The index as a COCO ground-truth dict (faster-coco-eval / pycocotools input).
+
+    File names are the index's own (relative to `index.root`), or relative to `images_root`
+    when given, which must contain every image.
 
     Annotation ids are kept when they are unique and positive, else renumbered 1..N:
     pycocotools' matcher stores the matched ground-truth *id* and treats 0 as "unmatched",
@@ -308,7 +311,8 @@ def to_coco_dict(index: DetectionIndex) -> dict[str, Any]:
     images, annotations = [], []
     next_id = 1
     for r in index.records:
-        images.append({"id": r.image_id, "file_name": r.file_name, "width": r.width, "height": r.height})
+        file_name = r.file_name if images_root is None else Path(r.path).relative_to(images_root).as_posix()
+        images.append({"id": r.image_id, "file_name": file_name, "width": r.width, "height": r.height})
         for k, (x1, y1, x2, y2) in enumerate(r.boxes):
             ann_id = r.annotation_ids[k] if keep_ids else next_id
             next_id += 1
@@ -327,7 +331,7 @@ def to_coco_dict(index: DetectionIndex) -> dict[str, Any]:
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def write_coco(index: DetectionIndex, path: str | Path) -> Path:
-    """Write the index as COCO JSON atomically. File names stay relative to `index.root`, so
-    read it back with `read_coco(path, images_root=index.root)` when written elsewhere."""
-    return write_json_atomic(Path(path), to_coco_dict(index))
+def write_coco(index: DetectionIndex, path: str | Path, images_root: str | Path | None = None) -> Path:
+    """Write the index as COCO JSON atomically. File names are relative to `images_root`
+    (default `index.root`): read it back with `read_coco(path, images_root=...)` of the same folder."""
+    return write_json_atomic(Path(path), to_coco_dict(index, images_root))

@@ -35,7 +35,7 @@ class _Parsed:
 
 def read_voc(root: str | Path, split: str | None = None) -> DetectionIndex:
     """Read a VOC folder; with `split`, only the images listed in `ImageSets/Main/<split>.txt`."""
-    root = Path(root)
+    root = Path(root).absolute()
     ann_dir = root / "Annotations" if (root / "Annotations").is_dir() else root
     img_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else ann_dir
     log = ProblemLog(root)

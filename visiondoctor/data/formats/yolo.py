@@ -33,7 +33,7 @@ NAME_FILES = ("data.yaml", "data.yml", "classes.txt")
 
 def read_yolo(root: str | Path, split: str | None = None) -> DetectionIndex:
     """Read one split of a YOLO dataset folder (all of a flat `images/` + `labels/` when split is None)."""
-    root = Path(root)
+    root = Path(root).absolute()
     img_dir, label_dir = _split_dirs(root, split)
     log = ProblemLog(label_dir)
     names = _class_names(root)
