@@ -155,8 +155,8 @@ def _optional_analyses(run: RunDir, gt: dict, predictions: list[dict]) -> None:
     from visiondoctor.evaluation.consistency import score_iou_consistency
     from visiondoctor.evaluation.errors import tide_errors
 
-    run.write_json("errors.json", tide_errors(gt, predictions))
     run.write_json("consistency.json", score_iou_consistency(gt, predictions))
+    run.write_json("errors.json", tide_errors(gt, predictions))
 
 
 def data_summary(data: DetectionData) -> dict[str, Any]:
@@ -266,3 +266,16 @@ def build_report(run: RunDir) -> Path:
     from visiondoctor.report.html import build_report as _build
 
     return _build(run.path)
+
+
+def read_history(run: RunDir) -> list[dict[str, Any]]:
+    """history.csv as rows of numbers (and the split name)."""
+    import csv
+
+    if not run.history.exists():
+        return []
+    rows = []
+    with open(run.history, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: (v if k == "split" else float(v)) for k, v in row.items() if v not in ("", None)})
+    return rows
