@@ -11,7 +11,8 @@ from PIL import Image
 from visiondoctor.data.formats.masks import read_mask_folder
 from visiondoctor.data.formats.streethazards import read_streethazards
 from visiondoctor.data.seg_samples import DataError
-from visiondoctor.data.synth.streets import StreetsSpec, generate_streets
+from visiondoctor.data.synth import generate
+from visiondoctor.data.synth.streets import generate_streets
 
 
 def _pair(root: Path, stem: str, mask: Image.Image | None, size=(20, 16)) -> None:
@@ -88,9 +89,11 @@ def _digest(root: Path) -> str:
 
 
 def test_streets_deterministic_and_read_as_streethazards(tmp_path: Path) -> None:
-    spec = StreetsSpec(train=4, val=2, test=4, width=64, height=48, seed=3)
-    a, b, c = (generate_streets(tmp_path / n, s) for n, s in
-               (("a", spec), ("b", spec), ("c", StreetsSpec(4, 2, 4, 64, 48, seed=4))))
+    small = dict(num_val=2, num_test=4, image_size=64, height=48)
+    generate("streets", tmp_path / "a", num_images=4, seed=3, **small)  # the CLI's dispatcher
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_streets(b, num_train=4, seed=3, **small)
+    generate_streets(c, num_train=4, seed=4, **small)
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
     splits = {s: read_streethazards(a, s) for s in ("train", "val", "test")}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,10 @@ SKIN = [(230, 190, 160), (190, 140, 100), (120, 80, 50)]
 ANOMALY_COLOURS = [(230, 0, 230), (0, 230, 230), (140, 0, 255), (255, 0, 140), (0, 255, 170)]
 
 
-@dataclass(frozen=True)
-class StreetsSpec:
-    train: int = 400
-    val: int = 60
-    test: int = 100
-    width: int = 128
-    height: int = 128
-    seed: int = 0
+#: Named sets of arguments (the CLI's `--preset`).
+PRESETS: dict[str, dict[str, int]] = {
+    "quick": {"num_train": 48, "num_val": 12, "num_test": 16},
+}
 
 
 class _Canvas:
@@ -306,23 +301,41 @@ def render_scene(rng: np.random.Generator, width: int, height: int, anomalies: i
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), np.asarray(c.label, dtype=np.uint8)
 
 
-def generate_streets(out: str | Path, spec: StreetsSpec = StreetsSpec()) -> Path:
-    """Write train / validation / test splits in the StreetHazards layout under `out`."""
-    out = Path(out)
-    jobs = [("train", spec.train, 1), ("val", spec.val, 2), ("test", spec.test, 3)]
-    for split, count, code in jobs:
+def generate_streets(
+    out_dir: str | Path,
+    num_train: int = 400,
+    num_val: int = 60,
+    num_test: int = 100,
+    image_size: int = 128,
+    seed: int = 0,
+    *,
+    height: int | None = None,
+    preset: str | None = None,
+) -> dict[str, Path]:
+    """Write train / validation / test splits in the StreetHazards layout under `out_dir`;
+    return split -> images folder. Images are `image_size` wide and `height` (default: square) high."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown streets preset {preset!r}; available: {', '.join(PRESETS)}")
+        num_train, num_val, num_test = (PRESETS[preset][k] for k in ("num_train", "num_val", "num_test"))
+    out = Path(out_dir)
+    width, height = image_size, height or image_size
+    written = {}
+    for split, count, code in (("train", num_train, 1), ("val", num_val, 2), ("test", num_test, 3)):
         top, sub = SPLITS[split]
         img_dir = out / top / "images" / sub / "synth"
         ann_dir = out / top / "annotations" / sub / "synth"
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            rng = np.random.default_rng([spec.seed, code, i])
+            rng = np.random.default_rng([seed, code, i])
             n_anom = int(rng.integers(1, 3)) if split == "test" else 0
-            image, label = render_scene(rng, spec.width, spec.height, n_anom)
+            image, label = render_scene(rng, width, height, n_anom)
             image.save(img_dir / f"{i:05d}.png")
             Image.fromarray(label + 1).save(ann_dir / f"{i:05d}.png")  # StreetHazards stores label + 1
+        written[split] = img_dir
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
-    (out / "streets.json").write_text(json.dumps({"generator": "visiondoctor streets", **asdict(spec)}, indent=2),
-                                      encoding="utf-8")
-    return out
+    spec = {"generator": "visiondoctor streets", "num_train": num_train, "num_val": num_val, "num_test": num_test,
+            "width": width, "height": height, "seed": seed}
+    (out / "streets.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return written
