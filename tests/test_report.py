@@ -40,7 +40,8 @@ FINDINGS = [  # deliberately not in severity order: the report must put the erro
 
 def write_history(path: Path, epochs: int = 4, steps_per_epoch: int = 10) -> None:
     rng = np.random.default_rng(0)
-    cols = ["epoch", "step", "split", "lr", "loss", "loss_classification", "loss_bbox_regression", "images_per_s", "grad_norm"]
+    cols = ["epoch", "step", "split", "lr", "loss", "loss_classification", "loss_bbox_regression", "images_per_s", "grad_norm",
+            "map", "map50"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -49,9 +50,9 @@ def write_history(path: Path, epochs: int = 4, steps_per_epoch: int = 10) -> Non
             for _ in range(steps_per_epoch):
                 step += 1
                 cls, box = 2.0 / (1 + 0.1 * step) + 0.05 * rng.random(), 1.0 / (1 + 0.05 * step)
-                w.writerow([e, step, "train", 0.01, cls + box, cls, box, 40 + rng.random(), 3.0])
+                w.writerow([e, step, "train", 0.01, cls + box, cls, box, 40 + rng.random(), 3.0, "", ""])
             cls, box = 2.2 / (1 + 0.08 * step), 1.1 / (1 + 0.04 * step)
-            w.writerow([e, step, "val", "", cls + box, cls, box, "", ""])
+            w.writerow([e, step, "val", "", cls + box, cls, box, "", "", 0.1 * (e + 1), 0.2 * (e + 1)])
 
 
 def make_run(root: Path, full: bool = True) -> Path:
@@ -126,9 +127,9 @@ def test_report_has_every_section_with_embedded_images(full_report: tuple[Path, 
         assert re.search(rf'<a href="#[a-z0-9-]+">{re.escape(title)}</a>', html), f"{title} missing from contents"
     assert "Not in this report" not in html
     assert "could not be built" not in html
-    # loss curves, optimisation, class counts, box sizes, per-class AP, PR, score hist (twice: section
-    # and finding), detections per image, predictions, TIDE bars, score-IoU scatter
-    assert html.count('src="data:image/png;base64,') >= 12
+    # loss curves, optimisation, validation metrics, class counts, box sizes, per-class AP, PR, score hist
+    # (twice: section and finding), detections per image, predictions, TIDE bars, score-IoU scatter
+    assert html.count('src="data:image/png;base64,') == 13
 
 
 def test_report_is_offline(full_report: tuple[Path, str]) -> None:
@@ -151,7 +152,8 @@ def test_data_strings_are_escaped(full_report: tuple[Path, str]) -> None:
 
 def test_plots_are_saved_for_reuse(full_report: tuple[Path, str]) -> None:
     run, _ = full_report
-    for name in ("loss_curves", "per_class_ap", "pr_curves", "score_hist", "box_sizes", "predictions"):
+    for name in ("loss_curves", "validation_metrics", "per_class_ap", "pr_curves", "score_hist", "box_sizes", "predictions",
+                 "tide_errors", "score_iou"):
         data = (run / "plots" / f"{name}.png").read_bytes()
         assert data.startswith(b"\x89PNG"), name
 
@@ -180,6 +182,14 @@ def test_training_table_judges_the_curves(full_report: tuple[Path, str]) -> None
     curves = html[html.index('id="training-curves"'):html.index('id="metrics"')]
     for component in ("total loss", "classification", "bbox regression"):
         assert f"<td>{component}</td>" in curves
+
+
+def test_error_analysis_names_the_largest_losses(full_report: tuple[Path, str]) -> None:
+    _, html = full_report
+    errors = html[html.index('id="error-analysis"'):]
+    assert "Most AP is lost to loc (ΔAP 0.082) then miss (ΔAP 0.07)." in errors
+    assert "Spearman rank correlation of score and IoU: 0.410 over 9 detections" in errors
+    assert "<th>dAP</th><th>counts</th>" in errors  # same keys side by side in one table
 
 
 def test_config_only_run_says_what_is_missing(tmp_path: Path) -> None:

@@ -145,4 +145,10 @@ def training_section(run: RunDir) -> Section | None:
     if opt:
         blocks.append(Figure("optimisation", plots.curve_panels(
             opt, "Optimisation", xname, ylabel={k: k for k in opt})))
+    val_metrics = {label: [plots.Series("val", c.x, c.y, color=1, markers=True)]
+                   for col, label in KEY_METRICS.items()
+                   if len((c := curve(rows, col, "val", xname)).y) >= 2}
+    if val_metrics:
+        blocks.append(Figure("validation_metrics", plots.curve_panels(
+            val_metrics, "Validation metrics during training", xname, ylabel={k: k for k in val_metrics}, cols=4)))
     return Section("Training curves", blocks)

@@ -1,5 +1,5 @@
-"""Detection sections: data summary, metrics, per-class AP, PR curves, detection statistics,
-error analysis. (The predictions-beside-ground-truth grid is in gallery.py.)"""
+"""Detection sections: data summary, metrics, per-class AP, PR curves, detection statistics.
+(Predictions beside ground truth: gallery.py; TIDE errors and score-IoU consistency: analysis_sections.py.)"""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -142,16 +142,17 @@ def pr_section(run: RunDir) -> Section | None:
     data = _as_dict(data)
     iou = data.get("iou")
     data = _as_dict(data.get("curves", data))
+    per_class = _as_dict(_metrics(run).get("per_class"))
     curves = {}
     for name, c in data.items():
         c = _as_dict(c)
         r, p = c.get("recall"), c.get("precision")
         if isinstance(r, list) and isinstance(p, list) and len(r) == len(p) and r:
-            curves[str(name)] = ([float(x) for x in r], [max(0.0, float(x)) for x in p])  # COCO writes -1 for "no data"
+            ap50 = finite(c.get("ap50", _as_dict(per_class.get(name)).get("ap50")))
+            label = f"{name} (AP50 {ap50:.2f})" if ap50 is not None else str(name)
+            curves[label] = ([float(x) for x in r], [max(0.0, float(x)) for x in p])  # COCO writes -1 for "no data"
     if not curves:
         return None
-    ap50 = {str(k): finite(_as_dict(v).get("ap50")) for k, v in _as_dict(_metrics(run).get("per_class")).items()}
-    curves = {(f"{k} (AP50 {ap50[k]:.2f})" if ap50.get(k) is not None else k): c for k, c in curves.items()}
     at = f" at IoU {iou:g}" if finite(iou) is not None else ""
     return Section("Precision-recall curves", [Figure("pr_curves", plots.pr_curves(curves, f"Precision-recall per class{at}"))])
 
@@ -177,7 +178,9 @@ def detection_stats_section(run: RunDir) -> Section | None:
     if counts and len(bins) == len(counts):  # bin centres: make edges
         step = (bins[1] - bins[0]) if len(bins) > 1 else 0.05
         bins = [b - step / 2 for b in bins] + [bins[-1] + step / 2]
-    if counts and len(bins) == len(counts) + 1:
+    if finite(stats.get("num_detections")) == 0:
+        blocks.append(Paragraph("The model made no detections at all on the evaluated images, at any score.", "warning"))
+    elif counts and len(bins) == len(counts) + 1:
         blocks.append(Figure("score_hist", plots.score_histogram(bins, counts, threshold, "Detection scores"),
                              caption="All detections kept for the metric; the dashed line is the display threshold."))
     per_image = {}
@@ -214,88 +217,3 @@ def _float(s: Any) -> Any:
         return float(s)
     except (TypeError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------- error analysis
-
-TIDE_TYPES = {"cls", "loc", "both", "dupe", "bkg", "miss", "classification", "localization", "localisation",
-              "duplicate", "background", "missed"}
-
-
-@register_section(80, title="Error analysis", needs=("errors.json", "consistency.json"))
-def error_analysis_section(run: RunDir) -> Section | None:
-    """TIDE-style error split and score-IoU consistency, rendered generically: the producers
-    may add keys, and every dict of numbers becomes a table."""
-    blocks: list[Any] = []
-    errors = read_json(run, "errors.json")
-    if errors is not None:
-        blocks.append(Paragraph("Where the missing AP goes (TIDE-style: the AP gained if each error type were fixed)."))
-        bars = _tide_values(errors)
-        if bars:
-            blocks.append(Figure("tide_errors", plots.value_bars(bars, "AP lost per error type", "ΔAP")))
-        blocks += generic_tables(errors, "errors.json")
-    consistency = read_json(run, "consistency.json")
-    if consistency is not None:
-        blocks.append(Paragraph("Score–IoU consistency: a detector whose scores track box quality ranks its best boxes "
-                                "first; a high-score, low-IoU population means training and inference disagree."))
-        pairs = _pairs(consistency)
-        if pairs:
-            blocks.append(Figure("score_iou", plots.scatter(pairs[0], pairs[1], "Score against IoU with the best ground truth",
-                                                            "detection score", "IoU with best-matching ground truth")))
-        blocks += generic_tables(consistency, "consistency.json")
-    return Section("Error analysis", blocks) if blocks else None
-
-
-def _tide_values(data: Any) -> dict[str, float] | None:
-    """The first dict (top level or one level down) keyed by TIDE error types, with numbers."""
-    candidates = [data] + (list(data.values()) if isinstance(data, dict) else [])
-    for c in candidates:
-        if isinstance(c, dict):
-            nums = {str(k): float(v) for k, v in c.items() if finite(v) is not None}
-            if len({k.lower() for k in nums} & TIDE_TYPES) >= 3:
-                return nums
-    return None
-
-
-def _pairs(data: Any) -> tuple[list[float], list[float]] | None:
-    """(scores, ious) lists of equal length, wherever they sit in the dict."""
-    if not isinstance(data, dict):
-        return None
-    for holder in [data] + [v for v in data.values() if isinstance(v, dict)]:
-        s = holder.get("score", holder.get("scores"))
-        i = holder.get("iou", holder.get("ious"))
-        if isinstance(s, list) and isinstance(i, list) and len(s) == len(i) and s:
-            ok = [(finite(a), finite(b)) for a, b in zip(s, i)]
-            ok = [(a, b) for a, b in ok if a is not None and b is not None]
-            return [a for a, _ in ok], [b for _, b in ok]
-    return None
-
-
-def generic_tables(data: Any, source: str) -> list[Any]:
-    """Any JSON as tables: top-level scalars in one table; nested dicts that share their keys
-    (e.g. "dAP" and "counts" per error type) side by side in one grid; other nested dicts
-    flattened. Long lists are left out (they are drawn, or not readable as a table)."""
-    if not isinstance(data, dict):
-        return [Table(["value"], [[f"({len(data)} values)" if _long(data) else data]], caption=source)]
-    out: list[Any] = []
-    scalars = [(k, v) for k, v in data.items() if not isinstance(v, dict) and not _long(v)]
-    if scalars:
-        out.append(Table(["quantity", "value"], scalars, caption=source))
-    groups: dict[tuple, list[str]] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            groups.setdefault(tuple(value), []).append(key)
-    for keys, names in groups.items():
-        if len(names) > 1 and all(not isinstance(data[n][k], (dict, list)) for n in names for k in keys):
-            out.append(Table([""] + names, [[k] + [data[n][k] for n in names] for k in keys],
-                             caption=f"{source}: {', '.join(names)}"))
-            continue
-        for name in names:
-            rows = [(k, v) for k, v in flatten(data[name]) if not _long(v)]
-            if rows:
-                out.append(Table(["quantity", "value"], rows, caption=f"{source}: {name}"))
-    return out
-
-
-def _long(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 8

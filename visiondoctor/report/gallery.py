@@ -31,14 +31,23 @@ def load_ground_truth(run: RunDir) -> dict[str, Any] | None:
     return gt if isinstance(gt, dict) and isinstance(gt.get("images"), list) else None
 
 
-def image_root(run: RunDir, gt: dict[str, Any]) -> Path | None:
-    root = gt.get("image_root") or cfg(read_config(run), "data.path")
-    if not isinstance(root, str) or not root:
-        return None
-    p = Path(root)
-    if not p.is_absolute():
-        p = run.path / p
-    return p.parent if p.is_file() else p
+def image_roots(run: RunDir, gt: dict[str, Any]) -> list[Path]:
+    """Folders the image file names may be relative to, most specific first: gt.json's
+    image_root, the evaluated split's annotation folder and the dataset root from
+    data_summary.json, config.yaml's data.path."""
+    summary = read_json(run, "data_summary.json") or {}
+    split = cfg(read_config(run), "eval.split", "val")
+    source = cfg(summary, f"splits.{split}.source") if isinstance(summary, dict) else None
+    candidates = [gt.get("image_root"), source, summary.get("root") if isinstance(summary, dict) else None,
+                  cfg(read_config(run), "data.path")]
+    roots = []
+    for c in candidates:
+        if isinstance(c, str) and c:
+            p = Path(c) if Path(c).is_absolute() else run.path / c
+            p = p.parent if p.is_file() else p
+            if p not in roots:
+                roots.append(p)
+    return roots
 
 
 def category_names(run: RunDir, gt: dict[str, Any]) -> dict[int, str]:
@@ -58,7 +67,7 @@ def predictions_section(run: RunDir) -> Section | None:
     threshold = display_threshold(run, read_json(run, "detection_stats.json") or {})
     names = category_names(run, gt)
     color = {cid: i for i, cid in enumerate(sorted(names))}
-    root = image_root(run, gt)
+    roots = image_roots(run, gt)
     images = sorted((im for im in gt["images"] if isinstance(im, dict) and "id" in im), key=lambda im: im["id"])
     if not images:
         return None
@@ -69,11 +78,14 @@ def predictions_section(run: RunDir) -> Section | None:
     for a in gt.get("annotations") or []:
         if isinstance(a, dict):
             gt_by_image.setdefault(a.get("image_id"), []).append(a)
-    pred_by_image: dict[Any, list] = {}
+    all_by_image: dict[Any, list] = {}
     for p in preds:
-        if isinstance(p, dict) and finite(p.get("score")) is not None and p["score"] >= threshold:
-            pred_by_image.setdefault(p.get("image_id"), []).append(p)
+        if isinstance(p, dict) and finite(p.get("score")) is not None:
+            all_by_image.setdefault(p.get("image_id"), []).append(p)
+    pred_by_image = {k: [p for p in v if p["score"] >= threshold] for k, v in all_by_image.items()}
 
+    root = next((r for r in roots if any(_find(r, str(im.get("file_name", ""))) for im in picks)),
+                roots[0] if roots else None)
     pairs, rows, missing = [], [], 0
     for im in picks:
         pixels = _load(root, str(im.get("file_name", "")))
@@ -89,7 +101,10 @@ def predictions_section(run: RunDir) -> Section | None:
                           [names.get(a.get("category_id"), str(a.get("category_id"))) for a in gts],
                           [color.get(a.get("category_id"), 0) for a in gts])
         shown = dets[:MAX_BOXES]
-        right = plots.Tile(f"predictions ≥ {threshold:g}", pixels, w, h, [_box(p) for p in shown],
+        best = max((p["score"] for p in all_by_image.get(im["id"], [])), default=None)
+        right_title = f"predictions ≥ {threshold:g}" if dets else (
+            f"none ≥ {threshold:g} (best score {best:.2f})" if best is not None else "no predictions")
+        right = plots.Tile(right_title, pixels, w, h, [_box(p) for p in shown],
                            [f"{plots.shorten(names.get(p.get('category_id'), p.get('category_id')), 16)} {p['score']:.2f}" for p in shown],
                            [color.get(p.get("category_id"), 0) for p in shown])
         pairs.append((left, right))
@@ -101,7 +116,7 @@ def predictions_section(run: RunDir) -> Section | None:
         Table(["image id", "file", "GT boxes", f"predictions ≥ {threshold:g}"], rows),
     ]
     if missing:
-        where = f" under {root}" if root else " (no image_root in gt.json, no data.path in config.yaml)"
+        where = f" under {root}" if root else " (no image_root in gt.json, no dataset root in data_summary.json or config.yaml)"
         blocks.append(Paragraph(f"{count(missing, 'image file')} not found{where}; boxes drawn on a blank canvas.", "note"))
     return Section("Predictions beside ground truth", blocks)
 
@@ -115,12 +130,17 @@ def _box(record: dict[str, Any]) -> tuple[float, float, float, float] | None:
     return (x, y, x + w, y + h)
 
 
-def _load(root: Path | None, file_name: str) -> np.ndarray | None:
-    """The image as an RGB thumbnail, or None when it cannot be found or read."""
+def _find(root: Path | None, file_name: str) -> Path | None:
     if root is None or not file_name:
         return None
     path = confined(root, file_name)
-    if path is None or not path.is_file():
+    return path if path is not None and path.is_file() else None
+
+
+def _load(root: Path | None, file_name: str) -> np.ndarray | None:
+    """The image as an RGB thumbnail, or None when it cannot be found or read."""
+    path = _find(root, file_name)
+    if path is None:
         return None
     try:
         with Image.open(path) as img:

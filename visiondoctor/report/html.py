@@ -77,7 +77,8 @@ from typing import Sequence
 import jinja2
 
 import visiondoctor
-from visiondoctor.report import common_sections, detection_sections, gallery  # noqa: F401  (register built-ins)
+from visiondoctor.report import (analysis_sections, common_sections, detection_sections,  # noqa: F401
+                                 gallery)  # importing them registers the built-in sections
 from visiondoctor.report.formatting import fmt
 from visiondoctor.report.inputs import ReportInputError, cfg, read_config
 from visiondoctor.report.sections import Figure, Paragraph, Section, SectionEntry, registered_sections

@@ -38,10 +38,19 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def to_png(fig: Figure) -> bytes:
+def to_png(fig: Figure, palette: bool = False) -> bytes:
+    """PNG bytes. `palette` quantises to 256 colours: photo grids shrink about 3x and stay legible."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
+    if not palette:
+        return buf.getvalue()
+    from PIL import Image
+
+    buf.seek(0)
+    with Image.open(buf) as img:
+        out = io.BytesIO()
+        img.convert("RGB").quantize(256).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def _grid(n: int, cols: int, panel_w: float, panel_h: float, **kw: Any) -> tuple[Figure, list]:
@@ -299,13 +308,32 @@ def value_bars(values: Mapping[str, float], title: str, ylabel: str) -> bytes:
     return to_png(fig)
 
 
-def scatter(x: Sequence[float], y: Sequence[float], title: str, xlabel: str, ylabel: str) -> bytes:
-    fig = new_figure(4.8, 3.8)
+def scatter(
+    x: Sequence[float],
+    y: Sequence[float],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    line: tuple[Sequence[float], Sequence[float]] | None = None,
+    high_score_low_iou: tuple[float, float] | None = None,
+) -> bytes:
+    """Score (x) against IoU (y), with the binned mean drawn over it and the
+    high-score/low-IoU corner (x >= first, y < second) shaded."""
+    fig = new_figure(5.2, 4.0)
     ax = fig.add_subplot()
-    ax.scatter(x, y, s=6, alpha=0.4)
+    ax.scatter(x, y, s=6, alpha=0.35, color="C0", label=f"detections (n={len(x)})")
+    if line is not None:
+        ax.plot(line[0], line[1], "-o", color="C1", markersize=3, linewidth=1.8, label="mean IoU per score bin")
+    if high_score_low_iou is not None:
+        sx, iy = high_score_low_iou
+        ax.axvspan(sx, 1.0, ymin=0, ymax=iy / 1.02, color="C3", alpha=0.12,
+                   label=f"score ≥ {sx:g}, IoU < {iy:g}")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     return to_png(fig)
 
@@ -338,7 +366,7 @@ def tile_grid(pairs: Sequence[tuple[Tile, Tile]], title: str, pairs_per_row: int
         for ax, tile in ((axes[2 * i], left), (axes[2 * i + 1], right)):
             _draw_tile(ax, tile)
     fig.suptitle(title)
-    return to_png(fig)
+    return to_png(fig, palette=True)
 
 
 def _draw_tile(ax: Any, tile: Tile) -> None:
