@@ -161,3 +161,20 @@ def test_score_iou_consistency_high_score_low_iou_population():
     assert sum(c["iou_histogram"]["counts"]) == 4 and np.array(c["joint_histogram"]["counts"]).sum() == 4
     assert c["per_class"]["circle"]["n"] == 3 and c["per_class"]["square"]["n"] == 1
     json.dumps(c, allow_nan=False)
+
+
+def test_tide_matching_agrees_with_coco_ap50_on_shapes(tmp_path):
+    from test_evaluation_coco import noisy_predictions
+
+    from visiondoctor.data.synth.shapes import generate_shapes
+
+    gt = json.loads(generate_shapes(tmp_path, num_train=0, num_val=16, num_test=0, image_size=128, max_size=64,
+                                    seed=2)["val"].read_text())
+    preds = noisy_predictions(gt, 7)
+    t = tide_errors(gt, preds)
+    assert t["map50"] == pytest.approx(evaluate_detections(gt, preds)["map50"], abs=1e-9)
+    assert sum(t["counts"][k] for k in ("classification", "localisation", "both", "duplicate", "background")) \
+        + t["true_positives"] == t["num_detections"] == len(preds)
+    assert all(v >= -1e-12 for v in t["dap"].values())
+    c = score_iou_consistency(gt, preds, min_score=0.0)
+    assert c["n"] == len(preds) and -1 <= c["spearman"] <= 1
