@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from visiondoctor.report import sections as section_registry
+from visiondoctor.report.compare import ComparisonError, build_comparison_report
 from visiondoctor.report.curves import Curve, judge
 from visiondoctor.report.html import build_report
 from visiondoctor.report.markdown import diagnosis_markdown
@@ -55,20 +56,20 @@ def write_history(path: Path, epochs: int = 4, steps_per_epoch: int = 10) -> Non
             w.writerow([e, step, "val", "", cls + box, cls, box, "", "", 0.1 * (e + 1), 0.2 * (e + 1)])
 
 
-def make_run(root: Path, full: bool = True) -> Path:
+def make_run(root: Path, full: bool = True, name: str = "fake-run", map_: float = 0.565) -> Path:
     """A run directory written by hand, with plausible numbers for every file the report reads."""
     run = root / "run"
     (run / "plots").mkdir(parents=True)
     images_dir = root / "images"
     images_dir.mkdir()
-    config = {"name": "fake-run", "task": "detection", "model": {"name": "ssdlite320_mobilenet_v3_large", "image_size": 160},
+    config = {"name": name, "task": "detection", "model": {"name": "ssdlite320_mobilenet_v3_large", "image_size": 160},
               "data": {"path": str(images_dir)}, "eval": {"split": "val", "display_threshold": 0.5, "max_images": 0}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     if not full:
         return run
     write_history(run / "history.csv")
     per_class = {"circle": {"ap": 0.71, "ap50": 0.93}, EVIL_CLASS: {"ap": 0.42, "ap50": 0.80}, MATH_CLASS: {"ap": None, "ap50": None}}
-    metrics = {"map": 0.565, "map50": 0.865, "map75": 0.61, "map_small": 0.2, "map_medium": 0.6, "map_large": 0.8,
+    metrics = {"map": map_, "map50": 0.865, "map75": 0.61, "map_small": 0.2, "map_medium": 0.6, "map_large": 0.8,
                "mar_1": 0.4, "mar_10": 0.6, "mar_100": 0.65, "num_images": 3, "num_detections": 9, "split": "val",
                "per_class": per_class, "subset": {"evaluated_images": 3, "total_images": 30}}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -257,3 +258,49 @@ def test_diagnosis_markdown_reads_as_an_analysis() -> None:
     evil = diagnosis_markdown([{"id": "x", "severity": "warning", "title": EVIL_CLASS, "evidence": {"a|b": 1}}], "t")
     assert "<script>" not in evil and "a\\|b" in evil
     assert "nothing to report" in diagnosis_markdown([], "t")
+
+
+def test_comparison_report_side_by_side(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", name="ssd", map_=0.40)
+    b = make_run(tmp_path / "b", name="retinanet", map_=0.52)
+    (a / "latency.json").write_text(json.dumps({"device": "cpu", "image_size": 320, "params": 3.4e6,
+                                                "latency_ms": {"pytorch": 10.0, "onnxruntime": 5.0}}))
+    (b / "latency.json").write_text(json.dumps({"device": "cpu", "image_size": 320, "params": 36e6,
+                                                "latency_ms": {"pytorch": 40.0}}))
+    out = build_comparison_report([a, b], tmp_path / "cmp.html")
+    html = out.read_text(encoding="utf-8")
+    for title in ("Comparison summary", "Metrics side by side", "Per-class AP", "Training and validation curves",
+                  "Generalisation gap", "Speed"):
+        assert f">{title}</h2>" in html, title
+    assert ("Recommendation: retinanet (ssdlite320_mobilenet_v3_large) has the highest mAP, 0.520, 0.120 above ssd "
+            "(0.400); ssd is 4.0× faster (10.0 vs 40.0 ms per image).") in html
+    assert "<td>mAP@[.5:.95]</td><td class=\"num\">0.4</td><td class=\"num\">0.52</td><td>retinanet</td>" in html
+    assert "<td>AP50</td><td class=\"num\">0.865</td><td class=\"num\">0.865</td><td>tie</td>" in html
+    assert "<th>onnxruntime [ms/image]</th>" in html
+    assert EVIL_CLASS not in html and "&lt;script&gt;" in html
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html)
+    assert all(r.startswith(("data:image/png;base64,", "#")) for r in refs)
+    assert (tmp_path / "cmp_plots" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_comparison_refuses_runs_on_different_data(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", name="ssd")
+    b = make_run(tmp_path / "b", name="retinanet")
+    gt = json.loads((b / "gt.json").read_text())
+    gt["images"] = gt["images"][:2]
+    (b / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(ComparisonError, match=r"different data .*ssd on 3 images in gt.json; retinanet on 2 images"):
+        build_comparison_report([a, b], tmp_path / "cmp.html")
+    (a / "gt.json").unlink()  # without gt.json everywhere, config.yaml's data decides
+    (b / "gt.json").unlink()
+    config = yaml.safe_load((b / "config.yaml").read_text())
+    config["data"]["path"] = yaml.safe_load((a / "config.yaml").read_text())["data"]["path"]
+    (b / "config.yaml").write_text(yaml.safe_dump(config))
+    assert build_comparison_report([a, b], tmp_path / "same.html").is_file()
+    config["eval"]["split"] = "test"
+    (b / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ComparisonError, match=r"ssd on .*split val.*retinanet on .*split test"):
+        build_comparison_report([a, b], tmp_path / "cmp.html")
+    with pytest.raises(ComparisonError, match="at least two"):
+        build_comparison_report([a], tmp_path / "cmp.html")
+    assert not (tmp_path / "cmp.html").exists()

@@ -97,7 +97,7 @@ def curve_panels(
     """Small multiples: one axes per panel (e.g. per loss component), series overlaid on it.
 
     `ylabel` is one label for all panels or one per panel name."""
-    fig, axes = _grid(len(panels), cols, 3.8, 2.8, sharex=True)
+    fig, axes = _grid(len(panels), cols, 3.8, 2.8)  # not sharex: a hidden spare axes would hide tick labels
     colors = [f"C{i}" for i in range(10)]
     for ax, (name, series) in zip(axes, panels.items()):
         for s in series:
@@ -120,6 +120,10 @@ def curve_panels(
         ax.grid(alpha=0.3)
         if len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(fontsize=8)
+    xs = [x for ax in axes for line in ax.get_lines() for x in np.asarray(line.get_xdata(), float)]
+    if xs and min(xs) < max(xs):
+        for ax in axes:  # the same x range everywhere, so panels line up
+            ax.set_xlim(min(xs), max(xs))
     fig.suptitle(title)
     return to_png(fig)
 
