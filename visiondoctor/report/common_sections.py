@@ -7,7 +7,7 @@ from visiondoctor.report import plots
 from visiondoctor.report.curves import component_name, curve, gap, loss_columns, x_axis
 from visiondoctor.report.formatting import (count, evidence_rows, plot_reference, severity_counts,
                                             sort_findings)
-from visiondoctor.report.inputs import cfg, confined, finite, read_config, read_history, read_json
+from visiondoctor.report.inputs import ReportInputError, cfg, confined, finite, read_config, read_history, read_json
 from visiondoctor.report.sections import Figure, Heading, Paragraph, Section, Table, register_section
 from visiondoctor.rundir import RunDir
 
@@ -23,7 +23,10 @@ def summary_section(run: RunDir) -> Section:
     config = read_config(run)
     metrics = read_json(run, "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else {}
-    history = read_history(run) or []
+    try:
+        history = read_history(run) or []
+    except ReportInputError:
+        history = []  # the training section names the problem; the summary goes without epochs
     blocks: list[Any] = []
 
     dataset = cfg(config, "data.path") or (f"synthetic: {cfg(config, 'data.synth')}" if cfg(config, "data.synth") else "n/a")

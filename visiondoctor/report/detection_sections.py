@@ -119,8 +119,8 @@ def metrics_section(run: RunDir) -> Section | None:
 @register_section(45, title="Per-class AP", needs=("metrics.json",))
 def per_class_section(run: RunDir) -> Section | None:
     per_class = _as_dict(_metrics(run).get("per_class"))
-    if not per_class:
-        return None
+    if not any("ap" in _as_dict(v) or "ap50" in _as_dict(v) for v in per_class.values()):
+        return None  # none, or another task's per-class metrics (e.g. IoU)
     ap = {str(k): finite(_as_dict(v).get("ap")) for k, v in per_class.items()}
     ap50 = {str(k): finite(_as_dict(v).get("ap50")) for k, v in per_class.items()}
     fig = plots.horizontal_bars({"AP@[.5:.95]": ap, "AP50": ap50}, "Average precision per class", "AP", xlim=(0, 1))

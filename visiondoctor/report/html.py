@@ -41,17 +41,19 @@ detection_stats.json
                   The score histogram is saved as plots/score_hist.png, so a finding can refer to it.
 data_summary.json {"splits": {split: {"images": n, "boxes": n, "per_class": {name: count},
                    "box_sizes": [[w, h], ...] | [sqrt_area, ...] | {"bins": edges, "counts": counts},
-                   "problems": {kind: count | [messages]}}},
-                   "categories": [name | {"id", "name"}], "empty_categories": [name | {"id", "name"}]}
+                   "problems": {kind: count | [messages]}, "source": annotation file (optional)}},
+                   "categories": [name | {"id", "name"}], "empty_categories": [name | {"id", "name"}],
+                   "root": dataset folder (optional)}
 diagnosis.json    a list of findings (or {"findings": [...]}), each {"id", "severity":
                   error|warning|info, "title", "evidence": {name: number|text|list|dict},
                   "cause", "fix", "where"}. evidence["plot"] = "plots/<name>.png" (run-dir
                   relative) embeds that picture with the finding. Missing file -> "not run".
 predictions.json  COCO results: [{"image_id", "category_id" (dataset id), "bbox": [x, y, w, h], "score"}].
 gt.json           the evaluated split as a COCO dict ({"images", "annotations", "categories"}),
-                  plus "image_root": the folder the image file names are relative to
-                  (absolute, or relative to the run dir). Without gt.json, a data.path in
-                  config.yaml that names a COCO .json file is used.
+                  optionally "image_root": the folder the image file names are relative to
+                  (absolute, or relative to the run dir); else the folder of the evaluated
+                  split's "source" in data_summary.json, its "root", then config data.path.
+                  Without gt.json, a data.path in config.yaml naming a COCO .json file is used.
 categories.json   CategoryMap.to_dict(): {"dataset_ids", "names", "background"} (names of
                   predicted ids when gt.json has no categories).
 errors.json       TIDE-style error split. Any dict works (every dict of numbers becomes a
@@ -61,7 +63,13 @@ errors.json       TIDE-style error split. Any dict works (every dict of numbers 
                    "counts": {...}}.
 consistency.json  score-IoU consistency. Any dict; scalars become a table, e.g.
                   {"spearman": rho, "n": count, "high_score_low_iou_share": x}; lists
-                  {"score": [...], "iou": [...]} (top level or in one sub-dict) become a scatter plot.
+                  {"score": [...], "iou": [...]} (top level or in one sub-dict) become a scatter plot,
+                  with "mean_iou_by_score_bin": {"bins": edges, "mean_iou": [...]} drawn over it.
+(latency.json is read by the comparison report, compare.py.)
+
+Built-in sections live in common_sections.py (summary, diagnosis, training curves),
+detection_sections.py, gallery.py (predictions beside ground truth) and analysis_sections.py
+(error analysis); compare.py builds the multi-run report with the same page template.
 """
 from __future__ import annotations
 
