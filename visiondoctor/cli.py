@@ -98,6 +98,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from visiondoctor.report.compare import build_comparison_report
+
+    console.print(f"comparison report: {build_comparison_report([Path(r) for r in args.runs], Path(args.out))}")
+    return 0
+
+
 @command("data")
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
@@ -108,14 +116,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         console.print(f"{args.kind} dataset written to {args.out}")
         return 0
     if args.data_command == "validate":
-        from visiondoctor.data.validate import validate_path
+        from visiondoctor.data.formats import load_detection
+        from visiondoctor.data.validate import format_report, validate
 
-        return validate_path(args.path, args.format, args.split)
+        report = validate(load_detection(args.path, args.format, args.split))
+        print(format_report(report))
+        return 1 if report.refused else 0  # refused records would be lost: not usable as is
     if args.data_command == "convert":
         from visiondoctor.data.validate import convert
 
-        out = convert(args.path, args.format, args.split, args.out)
-        console.print(f"written {out}")
+        result = convert(args.path, args.format, args.split, args.out)
+        console.print(f"written {result.out_path} ({len(result.index.records)} images, {result.index.num_boxes} boxes; "
+                      f"file names relative to {result.images_root})")
         return 0
     raise AssertionError(args.data_command)
 
@@ -190,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a run's report.html")
     p.add_argument("run")
+
+    p = sub.add_parser("compare", help="one report comparing several runs on the same data")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default="runs/comparison.html")
 
     p = sub.add_parser("data", help="synthesize, validate or convert datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)

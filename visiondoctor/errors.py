@@ -3,7 +3,8 @@ from visiondoctor.config import ConfigError
 from visiondoctor.data.samples import DataError
 from visiondoctor.engine.checkpoint import CheckpointError
 from visiondoctor.models.detection import WeightsUnavailable
+from visiondoctor.report.compare import ComparisonError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataError, ConfigError, CheckpointError, WeightsUnavailable, FileNotFoundError, ValueError, KeyError,
+    DataError, ConfigError, ComparisonError, CheckpointError, WeightsUnavailable, FileNotFoundError, ValueError, KeyError,
 )

@@ -239,6 +239,10 @@ class Trainer:
                    "images_per_s": round(images_seen / max(1e-9, time.perf_counter() - epoch_start), 2)}
             row.update({k: v / max(1, count) for k, v in sums.items()})
             self.history.append(row)
+            if self.is_main:
+                parts = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+                log.info("epoch %d step %d  loss %.4f (%s)  lr %.4g  %.1f img/s  %.0fs", state.epoch, state.step,
+                         row.get("loss", float("nan")), parts, row["lr"], row["images_per_s"], elapsed)
             self._call("on_epoch_end")
             last = not epoch_done or state.epoch >= cfg.epochs
             if last or state.epoch % max(1, cfg.eval_every) == 0:

@@ -26,9 +26,6 @@ from visiondoctor.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test",), "train": ("train",)}
-
-
 @dataclass
 class DetectionData:
     train: DetectionIndex
@@ -61,13 +58,12 @@ def ensure_synthetic(cfg: Config) -> Path:
 
 
 def _load_split(path: Path, fmt: str, split: str) -> DetectionIndex:
-    from visiondoctor.data.formats import list_splits, load_detection
+    from visiondoctor.data.formats import list_splits, load_detection, match_split
 
-    available = list_splits(path)
-    for name in (split, *SPLIT_ALIASES.get(split, ())):
-        if name in available or not available:
-            return load_detection(path, fmt, name)
-    raise FileNotFoundError(f"{path}: no split {split!r}; available: {', '.join(available) or 'none'}")
+    available = list_splits(path, fmt)
+    if available and match_split(split, available) is None:
+        raise FileNotFoundError(f"{path}: no split {split!r}; available: {', '.join(available)}")
+    return load_detection(path, fmt, split if available else None)
 
 
 def load_data(cfg: Config, background: bool = True) -> DetectionData:
@@ -118,10 +114,12 @@ def predict(model: nn.Module, index: DetectionIndex, category_map: CategoryMap, 
 
 
 def sample_image_ids(index: DetectionIndex, max_images: int, seed: int) -> set[int] | None:
+    """The evaluated subset (None = the whole split), drawn by the evaluation's own sampler."""
+    from visiondoctor.evaluation.coco import sample_images
+
     if max_images <= 0 or max_images >= len(index.records):
         return None
-    ids = sorted(r.image_id for r in index.records)
-    return set(random.Random(seed).sample(ids, max_images))
+    return set(sample_images([r.image_id for r in index.records], max_images, seed))
 
 
 def evaluate_model(model: nn.Module, index: DetectionIndex, category_map: CategoryMap, cfg: Config,
@@ -129,23 +127,24 @@ def evaluate_model(model: nn.Module, index: DetectionIndex, category_map: Catego
     """COCO metrics on the split (whole split unless eval.max_images), plus the statistics the
     report and the doctor need, written into `run` when given."""
     from visiondoctor.data.formats.coco import to_coco_dict
-    from visiondoctor.evaluation.coco import evaluate_detections, pr_curves
+    from visiondoctor.evaluation.coco import coco_evaluation
     from visiondoctor.evaluation.detection_stats import detection_statistics
 
     ids = sample_image_ids(index, cfg.eval.max_images, cfg.train.seed)
     predictions = predict(model, index, category_map, device, cfg.train.batch_size, cfg.eval.score_threshold, ids)
-    gt = to_coco_dict(index)
+    gt = {**to_coco_dict(index), "image_root": str(index.root)}
     if ids is not None:
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
               "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-    metrics = evaluate_detections(gt, predictions)
+    evaluation = coco_evaluation(gt, predictions)
+    metrics = evaluation.metrics
     if ids is not None:
         metrics["subset"] = {"evaluated_images": len(ids), "total_images": len(index.records)}
     if run is not None:
         run.write_json("predictions.json", predictions)
         run.write_json("gt.json", gt)
         run.write_json("metrics.json", metrics)
-        run.write_json("pr_curves.json", pr_curves(gt, predictions))
+        run.write_json("pr_curves.json", evaluation.curves)
         run.write_json("detection_stats.json", detection_statistics(predictions, gt["images"]))
         _optional_analyses(run, gt, predictions)
     return metrics
