@@ -49,6 +49,20 @@ class SegmentationIndex:
     value_to_label: tuple[int, ...] = ()  # 256 entries; empty = identity
     problems: list[Problem] = field(default_factory=list)
     total_files: int = 0  # images found, usable or not (so dropped ones are counted)
+    value_pixels: list[int] = field(default_factory=list)  # raw mask value -> pixel count over usable records
+
+    def pixels_per_class(self) -> dict[str, int]:
+        """Pixel count per class name (and "ignore"), from the counts gathered while reading."""
+        if not self.value_pixels:
+            return {}
+        lut = self.lut()
+        out = {name: 0 for name in self.class_names}
+        out["ignore"] = 0
+        for value, n in enumerate(self.value_pixels):
+            if n:
+                label = int(lut[value])
+                out[self.class_names[label] if label < len(self.class_names) else "ignore"] += int(n)
+        return out
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +97,7 @@ class SegmentationIndex:
         return SegmentationIndex(
             self.root, self.source, list(self.class_names), self.records, self.ignore_index,
             tuple(sorted(set(labels))), self.value_to_label, list(self.problems), self.total_files,
+            list(self.value_pixels),
         )
 
     def summary(self) -> str:

@@ -135,28 +135,35 @@ def _backbone(name: str, pretrained_backbone: bool, aux: bool) -> tuple[nn.Modul
 
 
 def deeplabv3plus(num_classes: int, backbone: str = "resnet50", aux_loss: bool = True, pretrained: bool = False,
-                  pretrained_backbone: bool = False, image_size: int | None = None) -> DeepLabV3Plus:
+                  pretrained_backbone: bool = False, image_size: int | None = None,
+                  decoder_channels: int = 256) -> DeepLabV3Plus:
     """DeepLabV3+ on a torchvision backbone. There are no published whole-model weights for it in
-    torchvision, so `pretrained` means the ImageNet backbone."""
+    torchvision, so `pretrained` means the ImageNet backbone. `decoder_channels` (ASPP and decoder
+    width; 256 in the paper) trades accuracy for speed."""
     getter, low_ch, high_ch, aux_ch, rates = _backbone(backbone, pretrained or pretrained_backbone, aux_loss)
-    return DeepLabV3Plus(getter, low_ch, high_ch, num_classes, aux_ch, rates)
+    return DeepLabV3Plus(getter, low_ch, high_ch, num_classes, aux_ch, rates, decoder_channels,
+                         low_projection=min(48, decoder_channels))
 
 
-def _plus(backbone: str) -> Callable[..., nn.Module]:
+def _plus(backbone: str, suffix: str = "", decoder_channels: int = 256) -> Callable[..., nn.Module]:
     def build(num_classes: int, aux_loss: bool = True, pretrained: bool = False, pretrained_backbone: bool = False,
-              image_size: int | None = None) -> nn.Module:
-        return deeplabv3plus(num_classes, backbone, aux_loss, pretrained, pretrained_backbone, image_size)
+              image_size: int | None = None, decoder_channels: int = decoder_channels) -> nn.Module:
+        return deeplabv3plus(num_classes, backbone, aux_loss, pretrained, pretrained_backbone, image_size,
+                             decoder_channels)
 
-    name = f"deeplabv3plus_{backbone}"
+    name = f"deeplabv3plus_{backbone}{suffix}"
     build.__name__ = name
-    build.__doc__ = f"DeepLabV3+ on torchvision {backbone}, with an FCN auxiliary head unless aux_loss=False."
+    build.__doc__ = (f"DeepLabV3+ on torchvision {backbone} ({decoder_channels}-channel ASPP and decoder), "
+                     "with an FCN auxiliary head unless aux_loss=False.")
     return register(name, task="segmentation", background_label=False)(build)
 
 
 deeplabv3plus_resnet50 = _plus("resnet50")
-deeplabv3plus_resnet18 = _plus("resnet18")  # small and fast: CPU tests and benchmarks
+deeplabv3plus_resnet18 = _plus("resnet18")
 deeplabv3plus_mobilenet_v3_large = _plus("mobilenet_v3_large")
 deeplabv3plus_mobilenet_v3_small = _plus("mobilenet_v3_small")
+# small and fast: CPU tests, the demo and benchmarks
+deeplabv3plus_mobilenet_v3_large_lite = _plus("mobilenet_v3_large", "_lite", decoder_channels=64)
 
 
 def head_output_channels(model: nn.Module) -> dict[str, int]:

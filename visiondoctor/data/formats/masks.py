@@ -81,15 +81,16 @@ def inspect_mask(
     image_size: tuple[int, int],
     valid_values: np.ndarray,
     record: str,
-) -> list[Problem]:
-    """Problems of one mask: unreadable, colour, size differing from the image, values out of range."""
+) -> tuple[list[Problem], np.ndarray | None]:
+    """Problems of one mask (unreadable, colour, size differing from the image, values out of
+    range) and its per-value pixel counts (256 entries; None when unreadable or mis-sized)."""
     name = str(mask_path)
     try:
         arr, mode = load_mask_array(mask_path)
     except DataError as exc:
-        return [Problem(name, record, str(exc).split(": ", 1)[-1], "refused")]
+        return [Problem(name, record, str(exc).split(": ", 1)[-1], "refused")], None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        return [Problem(name, record, f"unreadable mask: {exc}", "refused")]
+        return [Problem(name, record, f"unreadable mask: {exc}", "refused")], None
     problems: list[Problem] = []
     if mode in ("RGB", "RGBA"):
         problems.append(Problem(name, record, f"grey mask stored as {mode}; first channel used", "repaired"))
@@ -102,13 +103,13 @@ def inspect_mask(
             f"mask is {w}x{h} but its image is {image_size[0]}x{image_size[1]} (width x height)",
             "refused",
         ))
-        return problems
+        return problems, None
     counts = np.bincount(arr.ravel(), minlength=256)
     bad = np.flatnonzero((counts > 0) & ~valid_values)
     if bad.size:
         shown = ", ".join(f"{v} ({counts[v]} px)" for v in bad[:8])
         problems.append(Problem(name, record, f"label values out of range: {shown}", "refused"))
-    return problems
+    return problems, counts
 
 
 def _image_size(path: Path, record: str) -> tuple[tuple[int, int] | None, Problem | None]:
@@ -150,6 +151,7 @@ def build_index(
     problems = list(extra_problems or [])
     records: list[SegmentationRecord] = []
     palette = 0
+    value_pixels = np.zeros(256, dtype=np.int64)
     for image_id, (image_path, mask_path) in enumerate(pairs):
         rel = _relative(image_path, root)
         record = f"image {rel}"
@@ -161,16 +163,18 @@ def build_index(
             problems.append(problem)
             continue
         if check_masks:
-            found = inspect_mask(mask_path, size, valid_values, record)
+            found, counts = inspect_mask(mask_path, size, valid_values, record)
             problems.extend(found)
             if any(p.action == "refused" for p in found):
                 continue
+            value_pixels += counts
             palette += _is_palette(mask_path)
         records.append(SegmentationRecord(image_id, rel, image_path, mask_path, size[0], size[1]))
     if palette:
         problems.append(Problem(str(source), f"{palette} masks", "palette (mode P) masks: palette indices are read as labels", "info"))
     index = SegmentationIndex(root, source, class_names, records, ignore_index, anomaly_labels,
-                              value_to_label, problems, total_files=len(pairs))
+                              value_to_label, problems, total_files=len(pairs),
+                              value_pixels=value_pixels.tolist() if check_masks else [])
     if not records:
         raise DataError(f"{source}: no usable image/mask pair ({len(pairs)} images found)", problems)
     return index
