@@ -51,18 +51,21 @@ class SegmentationIndex:
     total_files: int = 0  # images found, usable or not (so dropped ones are counted)
     value_pixels: list[int] = field(default_factory=list)  # raw mask value -> pixel count over usable records
 
-    def pixels_per_class(self) -> dict[str, int]:
-        """Pixel count per class name (and "ignore"), from the counts gathered while reading."""
-        if not self.value_pixels:
-            return {}
+    def pixels_per_label(self) -> dict[int, int]:
+        """Pixel count per label (the ignore index included), from the counts gathered while reading."""
         lut = self.lut()
-        out = {name: 0 for name in self.class_names}
-        out["ignore"] = 0
+        out: dict[int, int] = {}
         for value, n in enumerate(self.value_pixels):
             if n:
-                label = int(lut[value])
-                out[self.class_names[label] if label < len(self.class_names) else "ignore"] += int(n)
+                out[int(lut[value])] = out.get(int(lut[value]), 0) + int(n)
         return out
+
+    def pixels_per_class(self) -> dict[str, int]:
+        """Pixel count per class name (ignored pixels left out; see pixels_per_label)."""
+        if not self.value_pixels:
+            return {}
+        per_label = self.pixels_per_label()
+        return {name: per_label.get(i, 0) for i, name in enumerate(self.class_names)}
 
     @property
     def num_classes(self) -> int:

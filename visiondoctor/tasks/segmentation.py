@@ -344,7 +344,8 @@ def data_summary(data: SegmentationData) -> dict[str, Any]:
         for p in index.problems:
             problems[p.action] = problems.get(p.action, 0) + 1
         splits[name] = {"images": len(index.records), "total_files": index.total_files,
-                        "per_class": index.pixels_per_class(), "unit": "pixels", "problems": problems,
+                        "per_class": index.pixels_per_class(), "unit": "pixels",
+                        "ignored_pixels": index.pixels_per_label().get(index.ignore_index, 0), "problems": problems,
                         "source": str(index.source)}
     train_pixels = data.train.pixels_per_class()
     empty = [n for i, n in enumerate(data.class_names) if i in data.train.known_labels and not train_pixels.get(n)]
