@@ -58,5 +58,7 @@ CATALOGUE: dict[str, str] = {
     "consistency.score-iou": "detection scores do not track box quality",
     "early-exit.degenerate": "almost every image leaves at one exit / threshold below constant confidence",
     "output.detections-per-image": "detections per image are implausible for the threshold",
+    "eval.error-breakdown": "which error type (TIDE-style) costs the most AP",
+    "optimizer.missing-params": "trainable parameters the optimizer does not hold (or a param group with lr 0)",
     "check.failed": "a check raised internally; it is reported instead of stopping the run",
 }

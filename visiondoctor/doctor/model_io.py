@@ -1,0 +1,103 @@
+"""How the doctor talks to a model: torchvision conventions for detection and segmentation.
+
+Detection: train-mode `model(images, targets)` returns a dict of named losses; eval-mode
+`model(images)` returns a list of `{boxes, scores, labels}`. Segmentation: `model(images)`
+returns logits or a dict with `out` (and optionally `aux`); the loss is the user's
+`loss_fn(outputs, targets)` or cross-entropy on `out` + 0.4 x cross-entropy on `aux`
+(the weighting DeepLabV3's reference training uses).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
+AUX_WEIGHT = 0.4
+
+
+class ModelContractError(TypeError):
+    """The model does not follow the conventions the doctor relies on."""
+
+
+@dataclass
+class ModelIO:
+    task: str = "detection"  # "detection" | "segmentation"
+    loss_fn: LossFn | None = None
+    ignore_index: int = 255  # segmentation only
+
+    def __post_init__(self) -> None:
+        if self.task not in ("detection", "segmentation"):
+            raise ValueError(f"task must be 'detection' or 'segmentation', got {self.task!r}")
+
+    def losses(self, model: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
+        """Named loss components of one training forward (model must be in train mode)."""
+        if self.task == "detection":
+            out = model(list(images), list(targets)) if self.loss_fn is None else self.loss_fn(model(list(images)), targets)
+            return _as_loss_dict(out, "model(images, targets)" if self.loss_fn is None else "loss_fn")
+        outputs = model(stack_images(images))
+        if self.loss_fn is not None:
+            return _as_loss_dict(self.loss_fn(outputs, stack_masks(targets)), "loss_fn")
+        masks = stack_masks(targets)
+        main, aux = split_segmentation_outputs(outputs)
+        losses = {"loss_out": F.cross_entropy(main, masks, ignore_index=self.ignore_index)}
+        if aux is not None:
+            losses["loss_aux"] = AUX_WEIGHT * F.cross_entropy(aux, masks, ignore_index=self.ignore_index)
+        return losses
+
+    def predict(self, model: nn.Module, images: Any) -> Any:
+        """Eval-mode outputs (caller sets eval mode and no_grad)."""
+        if self.task == "detection":
+            out = model(list(images))
+            if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list):  # scripted-style (losses, dets)
+                out = out[1]
+            if not isinstance(out, list) or (out and not isinstance(out[0], Mapping)):
+                raise ModelContractError(
+                    f"eval-mode detection output must be a list of dicts with boxes/scores/labels, got {type(out).__name__}"
+                )
+            return out
+        return model(stack_images(images))
+
+
+def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return sum(losses.values(), torch.zeros(()))  # type: ignore[arg-type]
+
+
+def _as_loss_dict(out: Any, what: str) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        if out.dim() != 0:
+            out = out.mean()
+        return {"loss": out}
+    if isinstance(out, Mapping) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+        return {str(k): (v if v.dim() == 0 else v.mean()) for k, v in out.items()}
+    raise ModelContractError(f"{what} must return a loss tensor or a dict of loss tensors in train mode, got {type(out).__name__}")
+
+
+def split_segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(main logits, auxiliary logits or None) from a tensor or a dict with `out` / `aux`."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, None
+    if isinstance(outputs, Mapping) and "out" in outputs:
+        return outputs["out"], outputs.get("aux")
+    raise ModelContractError(f"segmentation output must be logits or a dict with 'out', got {type(outputs).__name__}")
+
+
+def stack_images(images: Any) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images if images.dim() == 4 else images.unsqueeze(0)
+    return torch.stack(list(images))
+
+
+def stack_masks(targets: Any) -> torch.Tensor:
+    if isinstance(targets, torch.Tensor):
+        return targets.long()
+    items = [t["masks"] if isinstance(t, Mapping) else t for t in targets]
+    return torch.stack([torch.as_tensor(t) for t in items]).long()
+
+
+def image_sizes(images: Sequence[torch.Tensor] | torch.Tensor) -> list[tuple[int, int]]:
+    return [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
