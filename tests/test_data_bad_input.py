@@ -417,3 +417,31 @@ def test_yolo_missing_split_and_all_refused(tmp_path):
     with pytest.raises(DataError, match="none of the 2 boxes is usable"):
         write_yolo_dataset(tmp_path / "x", "train", images={"a": (64, 48, ["9 .5 .5 .1 .1", "9 .5 .5 .1 .1"])})
         read_yolo(tmp_path / "x", "train")
+
+
+def test_numbers_beyond_float_int64_or_any_image(tmp_path):
+    """Found by fuzzing: 10**400 breaks float(), ids beyond int64 break the evaluator, names beyond NAME_MAX break stat()."""
+    def mutate(d):
+        d["images"][1]["width"] = 10**400
+        annotation(d, 1)["id"] = 2**64
+        annotation(d, 2)["category_id"] = 2**64
+        annotation(d, 3)["bbox"] = [10**400, 0, 5, 5]
+
+    index = read_mutated(tmp_path, mutate)
+    assert sorted(problems(index, "refused")) == [("annotation id 2", "wrong_type"), ("annotation id 3", "wrong_type")]
+    assert sorted(problems(index, "repaired")) == [("annotations[0]", "wrong_type"), ("image id 2", "bad_size")]
+    assert index.records[0].annotation_ids == [5] and index.records[1].annotation_ids == [4]
+    data = coco_dict()
+    data["images"][1]["width"] = 10**400
+    path = tmp_path / "sizes.json"
+    path.write_text(json.dumps(data))
+    assert ("image id 2", "bad_size") in problems(read_coco(path, check_images=False), "refused")
+
+
+def test_file_name_too_long_is_a_missing_image(tmp_path):
+    index = read_mutated(tmp_path, lambda d: d["images"][0].update(file_name="x" * 5000 + ".png"))
+    assert ("image id 1", "missing_image") in problems(index, "refused")
+    write_voc_dataset(tmp_path / "voc", splits={"train": ["a", "y" * 5000]})
+    assert ("line 2", "missing_annotation") in problems(read_voc(tmp_path / "voc", "train"))
+    yolo = yolo_with(tmp_path / "yolo", ["9" * 400 + " 0.5 0.5 0.2 0.2"])
+    assert problems(yolo) == [("line 1", "wrong_type")]

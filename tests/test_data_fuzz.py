@@ -64,8 +64,9 @@ def assert_valid_index(index: DetectionIndex, root: Path) -> None:
     category_ids = {c.id for c in index.categories}
     assert len(category_ids) == len(index.categories)
     image_ids, annotation_ids = set(), []
+    assert all(-(2**63) <= c < 2**63 for c in category_ids)
     for r in index.records:
-        assert r.image_id not in image_ids
+        assert r.image_id not in image_ids and -(2**63) <= r.image_id < 2**63
         image_ids.add(r.image_id)
         assert isinstance(r.width, int) and isinstance(r.height, int) and r.width > 0 and r.height > 0
         assert Path(r.path).is_relative_to(root)
@@ -77,6 +78,7 @@ def assert_valid_index(index: DetectionIndex, root: Path) -> None:
             assert cid in category_ids and crowd in (0, 1) and area > 0
         annotation_ids += r.annotation_ids
     assert len(set(annotation_ids)) == len(annotation_ids)
+    assert all(-(2**63) <= a < 2**63 for a in annotation_ids)
     for p in index.problems:
         assert p.file and p.record and p.message and p.action in ("repaired", "refused", "info") and p.kind
     json.dumps(to_coco_dict(index), allow_nan=False)  # the writer's output is strict JSON
@@ -88,6 +90,7 @@ text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12
 numbers = st.one_of(
     st.integers(-10, 100), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.floats(-5, 60),
+    st.sampled_from([10**400, -(10**400), 2**63, 2**64, 1e308, 1 << 21]),  # beyond float, int64, any image
 )
 json_scalars = st.one_of(st.none(), st.booleans(), numbers, text, st.sampled_from(FILE_NAMES))
 json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=5) | st.dictionaries(text, kids, max_size=4),
@@ -244,7 +247,7 @@ def test_fuzz_voc(voc_root, documents, split_lines):
 # --- YOLO ---------------------------------------------------------------------------------------------------
 
 yolo_token = st.one_of(st.integers(-2, 4).map(str), st.floats(-0.5, 1.5).map(repr), numbers.map(str),
-                       st.sampled_from(["nan", "inf", "1e999", "0x10", "", "1_0"]), text.filter(lambda t: "\n" not in t))
+                       st.sampled_from(["nan", "inf", "1e999", "0x10", "", "1_0", "9" * 400, "²", "１"]), text.filter(lambda t: "\n" not in t))
 yolo_line = st.one_of(st.lists(yolo_token, min_size=0, max_size=9).map(" ".join),
                       st.tuples(st.integers(0, 3), *[st.floats(0, 1)] * 4).map(lambda t: " ".join(map(str, t))), text)
 label_files = st.dictionaries(st.sampled_from([n.replace(".png", "") for n in IMAGES] + ["broken", "orphan"]),

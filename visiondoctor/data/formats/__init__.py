@@ -11,6 +11,7 @@ a Roboflow export's `valid/` folder.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from visiondoctor.data.samples import DataError, DetectionIndex
@@ -24,7 +25,7 @@ _SPLIT_ALIASES = ({"val", "valid", "validation"},)
 def load_detection(path: str | Path, format: str = "auto", split: str | None = None) -> DetectionIndex:
     """Read a detection dataset (file or folder) of `format` ("auto" to detect it), one split of it."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.exists(path):  # os.path: False (not OSError) for names too long or otherwise invalid
         raise DataError(f"{path}: no such file or folder")
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
@@ -71,7 +72,7 @@ def detect_format(path: Path) -> str:
 def list_splits(path: str | Path, format: str = "auto") -> list[str]:
     """Split names a dataset folder offers (sorted); [] for a single-split file or flat folder."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
     fmt = detect_format(path) if format == "auto" else format
     if path.is_file():

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from visiondoctor.data.formats._checks import (
+    MAX_SIDE,
     ProblemLog,
+    as_id,
     as_int,
     check_box,
     finish_index,
     is_number,
     read_image_size,
     show,
+    valid_side,
 )
 from visiondoctor.data.images import resolve_image_path
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
@@ -101,9 +104,9 @@ def _read_categories(data: dict, source: Path, log: ProblemLog) -> list[Category
         if not isinstance(entry, dict):
             log.refuse(f"categories[{i}]", f"is a {type(entry).__name__}, expected an object", "wrong_type")
             continue
-        cid = as_int(entry.get("id"))
+        cid = as_id(entry.get("id"))
         if cid is None:
-            log.refuse(f"categories[{i}]", f"id missing or not an integer ({show(entry.get('id'))})", _key_kind(entry, "id"))
+            log.refuse(f"categories[{i}]", f"id missing or not a 64-bit integer ({show(entry.get('id'))})", _key_kind(entry, "id"))
             continue
         record = f"category id {cid}"
         name = entry.get("name")
@@ -129,7 +132,7 @@ def _read_images(
     data: dict, source: Path, root: Path, check_images: bool, log: ProblemLog
 ) -> tuple[dict[int, DetectionRecord], set[int]]:
     entries = _list_field(data, "images", source)
-    ids = [as_int(e.get("id")) if isinstance(e, dict) else None for e in entries]
+    ids = [as_id(e.get("id")) if isinstance(e, dict) else None for e in entries]
     duplicates = sorted(i for i, n in Counter(i for i in ids if i is not None).items() if n > 1)
     if duplicates:
         for image_id in duplicates:
@@ -148,7 +151,7 @@ def _read_images(
             log.refuse(f"images[{i}]", f"is a {type(entry).__name__}, expected an object", "wrong_type")
             continue
         if image_id is None:
-            log.refuse(f"images[{i}]", f"id missing or not an integer ({show(entry.get('id'))})", _key_kind(entry, "id"))
+            log.refuse(f"images[{i}]", f"id missing or not a 64-bit integer ({show(entry.get('id'))})", _key_kind(entry, "id"))
             continue
         record = f"image id {image_id}"
         record_obj = _read_image(entry, record, root, source, check_images, log)
@@ -175,8 +178,8 @@ def _read_image(
     except DataError as error:
         log.extend(error, record, "path_escape")
         return None
-    width, height = as_int(entry.get("width")), as_int(entry.get("height"))
-    size_ok = width is not None and height is not None and width > 0 and height > 0
+    width, height = valid_side(entry.get("width")), valid_side(entry.get("height"))
+    size_ok = width is not None and height is not None
     if check_images:
         real = read_image_size(path, log, record)
         if real is None:
@@ -198,7 +201,7 @@ def _read_image(
     elif not size_ok:
         log.refuse(
             record,
-            f"width/height missing or not positive integers ({show(entry.get('width'))} x {show(entry.get('height'))})",
+            f"width/height missing or not integers in 1..{MAX_SIDE} ({show(entry.get('width'))} x {show(entry.get('height'))})",
             "bad_size",
         )
         return None
@@ -218,21 +221,21 @@ def _read_annotations(
         log.info("file", "no 'annotations' list: every image is taken as having no objects", "missing_key")
         return 0
     entries = _list_field(data, "annotations", source)
-    valid_ids = [as_int(e.get("id")) for e in entries if isinstance(e, dict)]
+    valid_ids = [as_id(e.get("id")) for e in entries if isinstance(e, dict)]
     next_id = max([i for i in valid_ids if i is not None], default=0) + 1
     used: set[int] = set()
     for j, entry in enumerate(entries):
         if not isinstance(entry, dict):
             log.refuse(f"annotations[{j}]", f"is a {type(entry).__name__}, expected an object", "wrong_type")
             continue
-        ann_id = as_int(entry.get("id"))
+        ann_id = as_id(entry.get("id"))
         record = f"annotation id {ann_id}" if ann_id is not None else f"annotations[{j}]"
         kept = _read_annotation(entry, record, records, refused_images, category_ids, log)
         if kept is None:
             continue
         target, box, category_id, iscrowd, area = kept
         if ann_id is None or ann_id in used:
-            why = "id missing or not an integer" if ann_id is None else "duplicate annotation id"
+            why = "id missing or not a 64-bit integer" if ann_id is None else "duplicate annotation id"
             log.repair(record, f"{why}; assigned id {next_id}", "duplicate_id" if ann_id is not None else _key_kind(entry, "id"))
             ann_id, next_id = next_id, next_id + 1
         used.add(ann_id)
@@ -252,9 +255,9 @@ def _read_annotation(
     category_ids: set[int],
     log: ProblemLog,
 ) -> tuple[DetectionRecord, tuple[float, float, float, float], int, int, float] | None:
-    image_id = as_int(entry.get("image_id"))
+    image_id = as_id(entry.get("image_id"))
     if image_id is None:
-        log.refuse(record, f"image_id missing or not an integer ({show(entry.get('image_id'))})", _key_kind(entry, "image_id"))
+        log.refuse(record, f"image_id missing or not a 64-bit integer ({show(entry.get('image_id'))})", _key_kind(entry, "image_id"))
         return None
     if image_id not in records:
         if image_id in refused_images:
@@ -262,10 +265,10 @@ def _read_annotation(
         else:
             log.refuse(record, f"unknown image id {image_id}", "unknown_image")
         return None
-    category_id = as_int(entry.get("category_id"))
+    category_id = as_id(entry.get("category_id"))
     if category_id is None:
         log.refuse(
-            record, f"category_id missing or not an integer ({show(entry.get('category_id'))})", _key_kind(entry, "category_id")
+            record, f"category_id missing or not a 64-bit integer ({show(entry.get('category_id'))})", _key_kind(entry, "category_id")
         )
         return None
     if category_id not in category_ids:
@@ -277,7 +280,7 @@ def _read_annotation(
         return None
     target = records[image_id]
     x, y, w, h = (float(v) for v in bbox)
-    box = check_box((x, y, x + w, y + h), target.width, target.height, log, record, f"bbox {show(bbox)}")
+    box = check_box((x, y, x + w, y + h), target.width, target.height, log, record, lambda: f"bbox {show(bbox)}")
     if box is None:
         return None
     iscrowd = entry.get("iscrowd", 0)

@@ -18,6 +18,7 @@ and ElementTree never fetches external entities.
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ def _xml_files(root: Path, ann_dir: Path, split: str | None, log: ProblemLog) ->
         except DataError as error:
             log.extend(error, f"line {n}", "path_escape", list_file)
             continue
-        if not xml_path.is_file():
+        if not os.path.isfile(xml_path):  # os.path: a too-long name is "missing", not an OSError
             log.refuse(f"line {n}", f"{xml_path.name} is listed but does not exist", "missing_annotation", list_file)
             continue
         files.append(xml_path)
@@ -155,7 +156,7 @@ def _read_xml(root: ET.Element, xml_path: Path, img_dir: Path, log: ProblemLog) 
     try:
         width, height = image_size(path)
     except DataError as error:
-        refuse_image(str(error), "unreadable_image" if path.exists() else "missing_image")
+        refuse_image(str(error), "unreadable_image" if os.path.exists(path) else "missing_image")
         return None
     stated = (as_int(_number(root.findtext("size/width"))), as_int(_number(root.findtext("size/height"))))
     if None in stated:
@@ -211,6 +212,6 @@ def _number(text: str | None) -> float | None:
 def _find_image(img_dir: Path, stem: str) -> str:
     for ext in IMAGE_EXTENSIONS:
         for candidate in (stem + ext, stem + ext.upper()):
-            if (img_dir / candidate).is_file():
+            if os.path.isfile(img_dir / candidate):
                 return candidate
     return ""

@@ -29,6 +29,7 @@ from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 
 NAME_FILES = ("data.yaml", "data.yml", "classes.txt")
+MAX_CLASS = 100_000  # far beyond any real label set; a bigger "class" is junk, not a class
 
 
 def read_yolo(root: str | Path, split: str | None = None) -> DetectionIndex:
@@ -140,8 +141,8 @@ def _yaml_names(path: Path, text: str) -> dict[int, str]:
     if isinstance(names, dict):
         result = {}
         for key, value in names.items():
-            index = as_int(key) if not isinstance(key, str) else (int(key) if key.strip().isdigit() else None)
-            if index is None or index < 0:
+            index = _class_index(key)
+            if index is None:
                 raise DataError(f"{path}: 'names' key {key!r} is not a class index")
             result[index] = str(value)
         return result
@@ -174,9 +175,9 @@ def _read_line(
     if any(v is None for v in values):
         log.refuse(where, f"non-numeric value in {text.strip()[:60]!r}", "wrong_type", label_file)
         return
-    class_id = as_int(values[0])
-    if class_id is None or class_id < 0:
-        log.refuse(where, f"class {tokens[0]!r} is not a class index", "wrong_type", label_file)
+    class_id = _class_index(values[0])
+    if class_id is None:
+        log.refuse(where, f"class {tokens[0]!r} is not a class index (0..{MAX_CLASS})", "wrong_type", label_file)
         return
     if names is not None and class_id not in names:
         log.refuse(where, f"unknown class {class_id} (names has {len(names)})", "unknown_category", label_file)
@@ -197,6 +198,15 @@ def _read_line(
     record.category_ids.append(class_id)
     record.iscrowd.append(0)
     record.areas.append((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _class_index(value: Any) -> int | None:
+    """A class index 0..MAX_CLASS from a number or a decimal string, else None."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else None
+    index = as_int(value)
+    return index if index is not None and 0 <= index <= MAX_CLASS else None
 
 
 def _number(token: str) -> float | None:
