@@ -18,11 +18,13 @@ from visiondoctor.config import Config, load_config, save_config
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
+from visiondoctor.doctor.findings import Finding
 from visiondoctor.engine import distributed as dist_utils
 from visiondoctor.engine.checkpoint import load_latest
 from visiondoctor.engine.trainer import Trainer, resolve_device
 from visiondoctor.models.registry import create_model, get_entry
 from visiondoctor.rundir import RunDir
+from visiondoctor.tasks.diagnosis import RunDiagnosis, data_findings
 
 log = logging.getLogger(__name__)
 
@@ -190,21 +192,16 @@ def train(cfg: Config, resume: bool = False) -> RunDir:
     model = build_model(cfg, data.category_map)
     device = resolve_device(cfg.train.device)
 
-    callbacks = []
-    monitor = None
-    if cfg.train.monitors:
-        from visiondoctor.tasks.diagnosis import make_training_monitor
-
-        monitor = make_training_monitor(model, cfg)
-        if monitor is not None:
-            callbacks.append(monitor)
-
     train_set = DetectionDataset(data.train, data.category_map, detection_transforms(True, cfg.train.augment))
     val_set = DetectionDataset(data.val, data.category_map, detection_transforms(False))
+    doctor = RunDiagnosis(model, cfg, data.category_map.num_classes, entry.background_label)
+    doctor.before_training(model, DetectionDataset(data.train, data.category_map, detection_transforms(False)),
+                           collate_detection, data_findings(data.train, data.category_map, entry.background_label))
     trainer = Trainer(
         model, train_set, cfg.train, collate_fn=collate_detection,
         evaluate_fn=lambda m: evaluate_model(m, data.val, data.category_map, cfg, device),
-        val_set=val_set, primary_metric="map", callbacks=callbacks, run_dir=run.path, workers=cfg.data.workers,
+        val_set=val_set, primary_metric="map", callbacks=[doctor.monitor] if doctor.monitor else [],
+        run_dir=run.path, workers=cfg.data.workers,
     )
     if resume and not trainer.resume():
         log.warning("--resume: no usable checkpoint in %s; starting from scratch", run.checkpoints)
@@ -212,9 +209,7 @@ def train(cfg: Config, resume: bool = False) -> RunDir:
     if dist_utils.is_main():
         final = best_weights(run, trainer.eval_model, device)
         evaluate_model(final, data.val, data.category_map, cfg, device, run)
-        from visiondoctor.tasks.diagnosis import diagnose_finished_run
-
-        diagnose_finished_run(run, cfg, final, data, monitor)
+        doctor.after_evaluation(run, "map")
         run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
                                              "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by,
                                              "callback_errors": trainer.state.extra.get("callback_errors", [])})
@@ -254,9 +249,12 @@ def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -
     if index is None:
         raise FileNotFoundError(f"{data.root}: no {split!r} split to evaluate")
     metrics = evaluate_model(model, index, category_map, cfg, device, run)
-    from visiondoctor.tasks.diagnosis import diagnose_finished_run
-
-    diagnose_finished_run(run, cfg, model, data, None)
+    previous = [Finding.from_dict(f) for f in (run.read_json("diagnosis.json") if run.diagnosis_json.exists() else [])
+                if not f["id"].startswith(("eval.", "fit.", "consistency."))]
+    doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)), category_map.num_classes,
+                          category_map.background)
+    doctor.findings = previous  # training-time findings stay; evaluation findings are redone for this split
+    doctor.after_evaluation(run, "map")
     build_report(run)
     return metrics
 

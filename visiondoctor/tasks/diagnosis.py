@@ -1,32 +1,99 @@
-"""Glue between a task's run and the doctor: the monitor attached to every `train`, and the
-diagnosis written after evaluation (diagnosis.json / diagnosis.md, read by the report)."""
+"""The doctor in every `train` run: static and probe checks before training, the training monitor
+during it, evaluation checks after it; the result is diagnosis.json / diagnosis.md in the run,
+which the report's Diagnosis section reads."""
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Any
+import time
+from typing import Any, Sequence
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from visiondoctor.config import Config
-from visiondoctor.engine.callbacks import Callback
+from visiondoctor.doctor.findings import Finding
+from visiondoctor.doctor.monitor import TrainingMonitor
+from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
 from visiondoctor.rundir import RunDir
 
 log = logging.getLogger(__name__)
+PROBE_BATCH = 4
 
 
-def make_training_monitor(model: nn.Module, cfg: Config) -> Callback | None:
-    """The doctor's training monitors (cheap checks every step, costly ones periodically)."""
+class RunDiagnosis:
+    """Collects the findings of one run. `monitor` is the Callback to give the Trainer (None when
+    `train.monitors` is off)."""
+
+    def __init__(self, model: nn.Module, cfg: Config, num_classes: int, background_label: bool):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.background_label = background_label
+        self.findings: list[Finding] = []
+        self.timings: dict[str, float] = {}
+        self.monitor = (TrainingMonitor(model=model, every=100, threshold=cfg.eval.display_threshold, task=cfg.task)
+                        if cfg.train.monitors else None)
+
+    def before_training(self, model: nn.Module, probe_set: Dataset, collate: Any, extra: Sequence[Finding] = ()) -> None:
+        """Probe a copy of the model on a few un-augmented samples, so training starts untouched."""
+        from visiondoctor.doctor.static import static_checks
+
+        started = time.perf_counter()
+        try:
+            images, targets = collate([probe_set[i] for i in range(min(PROBE_BATCH, len(probe_set)))])
+            found, _ = static_checks(copy.deepcopy(model), images, targets, task=self.cfg.task,
+                                     num_classes=self.num_classes, background_label=self.background_label)
+            self.findings += found
+        except Exception as exc:  # a failing check never stops the run
+            self.findings.append(check_failed("static_checks", exc))
+        self.findings += list(extra)
+        self.timings["static_s"] = round(time.perf_counter() - started, 2)
+        for f in self.findings:
+            if f.severity != "info":
+                log.warning("doctor [%s] %s: %s", f.severity, f.id, f.title)
+
+    def after_evaluation(self, run: RunDir, metric_key: str) -> list[dict[str, Any]]:
+        """Add the monitor's and the evaluation checks' findings; write diagnosis.json and .md."""
+        from visiondoctor.doctor.checks.consistency import error_breakdown_findings, score_iou_findings
+        from visiondoctor.doctor.checks.evaluation import check_generalization_gap, check_sample_size
+        from visiondoctor.report.markdown import diagnosis_markdown
+        from visiondoctor.tasks.detection import read_history
+
+        findings = list(self.findings)
+        if self.monitor is not None:
+            findings += self.monitor.findings()
+        metrics = _read(run, "metrics.json") or {}
+        checks = [
+            ("evaluation.sample_size", lambda: check_sample_size(metrics, metric_key)),
+            ("evaluation.generalization_gap", lambda: check_generalization_gap(read_history(run), "loss", metric_key)),
+        ]
+        consistency, errors = _read(run, "consistency.json"), _read(run, "errors.json")
+        if consistency:
+            checks.append(("consistency.score_iou", lambda: score_iou_findings(consistency)))
+        if errors:
+            checks.append(("consistency.error_breakdown", lambda: error_breakdown_findings(errors)))
+        for name, check in checks:
+            try:
+                findings += check()
+            except Exception as exc:
+                findings.append(check_failed(name, exc))
+        result = [f.to_dict() for f in sort_findings(dedupe(findings))]
+        run.write_json("diagnosis.json", result)
+        run.diagnosis_md.write_text(diagnosis_markdown(result, f"Diagnosis of {run.path.name}"), encoding="utf-8")
+        return result
+
+
+def _read(run: RunDir, name: str) -> Any:
+    path = run.path / name
+    return run.read_json(name) if path.exists() else None
+
+
+def data_findings(index: Any, category_map: Any, background_label: bool) -> list[Finding]:
+    """The doctor's data checks on the whole training split (box format and range, labels, empty or
+    dominant categories, tiny boxes)."""
+    from visiondoctor.doctor.checks.data import check_index
+
     try:
-        from visiondoctor.doctor.monitor import TrainingMonitor
-    except ImportError:
-        return None
-    return TrainingMonitor(model=model)
-
-
-def diagnose_finished_run(run: RunDir, cfg: Config, model: nn.Module, data: Any, monitor: Any) -> list[dict]:
-    findings: list[Any] = []
-    if monitor is not None and hasattr(monitor, "findings"):
-        findings += monitor.findings()
-    findings_dicts = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
-    run.write_json("diagnosis.json", findings_dicts)
-    return findings_dicts
+        return check_index(index, category_map, background_label)
+    except Exception as exc:
+        return [check_failed("data.check_index", exc)]
