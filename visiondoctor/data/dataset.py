@@ -29,10 +29,14 @@ class DetectionDataset(Dataset):
         record = self.index.records[i]
         image = tv_tensors.Image(load_rgb(record.path))
         h, w = image.shape[-2:]
-        boxes = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)
+        # Crowd regions (COCO iscrowd, VOC "difficult") are not training targets, as in torchvision's
+        # reference; they stay in the ground truth, where COCO evaluation ignores them.
+        keep = [i for i in range(len(record.boxes)) if not (record.iscrowd and record.iscrowd[i])]
+        boxes = torch.tensor([record.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
-            "labels": torch.tensor([self.category_map.to_label(c) for c in record.category_ids], dtype=torch.int64),
+            "labels": torch.tensor([self.category_map.to_label(record.category_ids[i]) for i in keep],
+                                   dtype=torch.int64),
             "image_id": record.image_id,
         }
         if self.transforms is not None:

@@ -78,10 +78,14 @@ def load_data(cfg: Config, background: bool = True) -> DetectionData:
         test = _load_split(root, cfg.data.format, cfg.data.test_split)
     except FileNotFoundError:
         test = None
-    for index in (train, val, test):
-        if index is not None:
-            for problem in index.problems:
-                log.warning("%s", problem)
+    from visiondoctor.data.validate import problems_by_action
+
+    for name, index in (("train", train), ("val", val), ("test", test)):
+        if index is not None and index.problems:
+            log.warning("%s split (%s): %s (details: visiondoctor data validate)", name, index.source, ", ".join(
+                f"{n} {action}" for action, n in problems_by_action(index.problems).items() if n))
+            for problem in [p for p in index.problems if p.action != "info"][:5]:
+                log.warning("  %s", problem)
     return DetectionData(train, val, test, CategoryMap.from_categories(train.categories, background), root)
 
 
