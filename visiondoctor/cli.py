@@ -98,6 +98,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("diagnose")
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from visiondoctor.doctor.diagnose import diagnose_cli
+
+    findings = diagnose_cli(args)
+    _print_findings([f.to_dict() for f in findings])
+    return 0
+
+
+@command("zoo")
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from visiondoctor.doctor.zoo import ZOO, evaluate_case
+
+    if args.zoo_command == "list":
+        for case in ZOO.values():
+            print(f"{case.name:28s} {case.expected_id:32s} {case.bug}")
+        return 0
+    outcome = evaluate_case(args.name)
+    case = outcome.case
+    print(f"{case.name}: {case.bug}\n  healthy twin: {case.twin}\n  expected finding: {case.expected_id}")
+    print("broken version:")
+    _print_findings([f.to_dict() for f in outcome.broken])
+    print("healthy twin:")
+    _print_findings([f.to_dict() for f in outcome.healthy])
+    caught = outcome.detected is not None and not outcome.twin_errors
+    print(f"{'caught' if caught else 'NOT caught'} in {outcome.seconds:.1f}s")
+    return 0 if caught else 1
+
+
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
     from visiondoctor.report.compare import build_comparison_report
@@ -140,6 +169,15 @@ def _print_metrics(metrics: dict) -> None:
         if isinstance(value, (int, float)):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _print_findings(findings: list[dict]) -> None:
+    if not findings:
+        print("  no findings")
+    for f in findings:
+        print(f"  [{f['severity']}] {f['id']}: {f['title']}")
+        if f["severity"] != "info" and f.get("fix"):
+            print(f"      fix: {f['fix']}")
 
 
 def _print_summary(run) -> None:
@@ -202,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a run's report.html")
     p.add_argument("run")
+
+    p = sub.add_parser("diagnose", help="static/probe checks, a monitored short training, the overfit-one-batch "
+                                        "probe and an evaluation, on your own model or one of ours")
+    p.add_argument("--model-file", dest="model_file",
+                   help="path.py:factory returning an nn.Module (torchvision conventions); executed because you name it")
+    p.add_argument("--loss-file", dest="loss_file", help="path.py:fn(outputs, targets) -> loss (segmentation)")
+    p.add_argument("--config", help="YAML config (data, task, model); the same format as train")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=None, help="steps of the monitored training (default 100)")
+    p.add_argument("--out", default=None, help="folder for diagnosis.json / diagnosis.md")
+
+    p = sub.add_parser("zoo", help="the bug zoo: broken models from the seeds and their healthy twins")
+    zsub = p.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="list the cases")
+    q = zsub.add_parser("run", help="run one case, broken and healthy")
+    q.add_argument("name")
 
     p = sub.add_parser("compare", help="one report comparing several runs on the same data")
     p.add_argument("runs", nargs="+")
