@@ -46,7 +46,8 @@ def split_levels(rec: AnchorRecord, anchors: torch.Tensor) -> list[torch.Tensor]
 def best_possible_recall(rec: AnchorRecord, gt_boxes: list[torch.Tensor], iou: float = 0.5) -> tuple[float, torch.Tensor, torch.Tensor]:
     """(BPR, best IoU per GT box, GT boxes) for one anchor generator's output."""
     best, boxes = [], []
-    for anchors, gt in zip(rec.anchors, gt_boxes):
+    per_image = rec.anchors if len(rec.anchors) == len(gt_boxes) else [rec.anchors[0]] * len(gt_boxes)  # one set shared by the batch
+    for anchors, gt in zip(per_image, gt_boxes):
         if gt.numel() == 0:
             continue
         m = box_iou(gt.float(), anchors.float().cpu())

@@ -197,24 +197,26 @@ def check_background_collapse(stats: OutputStats) -> list[Finding]:
     none_above = all(m < stats.threshold for m in stats.per_image_max) and sum(stats.detections_at_threshold) == 0
     spread = stats.fg_quantiles[3] - stats.fg_quantiles[1]
     blind = stats.auroc is not None and stats.auroc < AUROC_COLLAPSED
-    constant = spread < CONSTANT_SPREAD and (stats.auroc is None or stats.auroc < AUROC_COLLAPSED)
+    # only raw per-location scores can show a constant classifier; post-NMS top scores are a selection
+    constant = (spread < CONSTANT_SPREAD and stats.source != "detections"
+                and (stats.auroc is None or stats.auroc < AUROC_COLLAPSED))
     lo, hi = stats.fg_quantiles[1], stats.fg_quantiles[3]
     if none_above:
+        collapsed = blind or constant  # measured: objects do not outrank background, or one score everywhere
         return [Finding(
-            id="output.background-collapse", severity="error" if (blind or constant or stats.auroc is None) else "warning",
+            id="output.background-collapse", severity="error" if collapsed else "warning",
             title=(f"The classifier predicts background everywhere: foreground scores {lo:.2f}-{hi:.2f}, none reaches "
-                   f"the threshold {stats.threshold:g}, so there are 0 detections"
-                   if blind or constant or stats.auroc is None else
-                   f"Objects score higher than background but stay below the threshold {stats.threshold:g} "
-                   f"(foreground scores {lo:.2f}-{hi:.2f})"),
+                   f"the threshold {stats.threshold:g}, so there are 0 detections" if collapsed else
+                   f"No detection reaches the threshold {stats.threshold:g} (foreground scores {lo:.2f}-{hi:.2f})"
+                   + (", although objects score higher than background" if stats.auroc is not None else "")),
             evidence=ev,
             cause=("The classifier learned the average positive rate, not where objects are — typical when positives are "
                    "assigned without regard to the objects (see assignment.low-iou-positives) or when the loss is "
-                   "dominated by background." if blind or constant or stats.auroc is None else
-                   "Training is short or the threshold is high for this model's calibration."),
+                   "dominated by background." if collapsed else
+                   "Training is short, or the threshold is high for this model's calibration."),
             fix=("Fix the target assignment first (IoU matching), then check the classification loss's positive/negative "
                  "balance (hard-negative mining or focal loss). Lowering the threshold only hides the problem."
-                 if blind or constant or stats.auroc is None else
+                 if collapsed else
                  "Train longer, or choose the threshold on the validation split (the score histogram shows where objects lie)."),
             where=stats.source)]
     if constant:

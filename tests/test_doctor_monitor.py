@@ -1,0 +1,63 @@
+"""The training monitor inside the engine's Trainer, and the overfit-one-batch probe."""
+import torch
+from torch import nn
+
+from visiondoctor.doctor.hooks import _RecordingMatcher
+from visiondoctor.doctor.model_io import ModelIO
+from visiondoctor.doctor.monitor import TrainingMonitor
+from visiondoctor.doctor.overfit import check_overfit, overfit_one_batch
+from visiondoctor.doctor.training import train_briefly
+from visiondoctor.doctor.zoo.common import ListDataset, batch, squares, tiny_ssd
+from visiondoctor.doctor.zoo.detection import RandomMatcher
+
+
+def test_monitor_in_trainer_sees_random_assignment_and_restores_matchers():
+    torch.manual_seed(0)
+    model = tiny_ssd(3)
+    model.proposal_matcher = RandomMatcher()
+    monitor = TrainingMonitor(every=5, min_steps_for_outputs=10)
+    train_briefly(model, ListDataset(squares(16)), ModelIO(), steps=20, batch_size=4, lr=1e-3, callbacks=[monitor])
+    found = {f.id: f for f in monitor.findings()}
+    assert found["assignment.low-iou-positives"].severity == "error"
+    assert found["assignment.low-iou-positives"].evidence["step"] == 20
+    assert isinstance(model.proposal_matcher, RandomMatcher)  # the wrapper is gone after training
+    assert len(monitor.output_stats) == 3  # steps 10, 15, 20
+    assert set(monitor.grad_history) == {"backbone", "head"} and len(monitor.grad_history["head"]) == 20
+
+
+class NaNAtStep(nn.Module):
+    def __init__(self, bad_step: int):
+        super().__init__()
+        self.inner = tiny_ssd(3)
+        self.calls = 0
+        self.bad_step = bad_step
+
+    def forward(self, images, targets=None):
+        out = self.inner(images, targets)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.bad_step:
+                out["bbox_regression"] = out["bbox_regression"] * float("nan")
+        return out
+
+
+def test_nonfinite_component_and_step_from_the_trainer():
+    monitor = TrainingMonitor(every=1000)
+    train_briefly(NaNAtStep(4), ListDataset(squares(8)), ModelIO(), steps=6, batch_size=2, callbacks=[monitor])
+    bad = [f for f in monitor.findings() if f.id == "loss.nonfinite"]
+    assert bad[0].evidence["what"] == "bbox_regression" and bad[0].evidence["step"] == 4
+    assert bad[0].severity == "error"
+
+
+def test_overfit_probe_separates_healthy_from_random_assignment():
+    images, targets = batch(squares(2, seed=3))
+    torch.manual_seed(0)
+    healthy = overfit_one_batch(tiny_ssd(3), images, targets, steps=150)
+    assert healthy.passed and check_overfit(healthy, 2) == []
+    torch.manual_seed(0)
+    model = tiny_ssd(3)
+    model.proposal_matcher = RandomMatcher()
+    broken = overfit_one_batch(model, images, targets, steps=150)
+    f = check_overfit(broken, 2)
+    assert f and f[0].id == "fit.overfit-one-batch" and f[0].severity == "error"
+    assert not isinstance(model.proposal_matcher, _RecordingMatcher)
