@@ -16,7 +16,7 @@ from visiondoctor.tasks.segmentation import SegmentationLoss, load_loss_file
 
 K = 7
 CHEAP = ["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3plus_resnet18",
-         "deeplabv3plus_mobilenet_v3_large_lite"]
+         "deeplabv3plus_resnet18_lite"]
 
 
 def _batch(n: int = 2, size: int = 64, k: int = K) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,7 @@ def test_user_loss_file(tmp_path: Path) -> None:
                     "def dice_ce(outputs, targets):\n"
                     "    return {'ce': F.cross_entropy(outputs['out'], targets, ignore_index=255)}\n")
     loss = load_loss_file(f"{path}:dice_ce")
-    model = create_model("deeplabv3plus_mobilenet_v3_large_lite", num_classes=K)
+    model = create_model("deeplabv3plus_resnet18_lite", num_classes=K)
     assert set(loss(model, *_batch())) == {"ce"}
     with pytest.raises(ValueError, match="no function 'nope'"):
         load_loss_file(f"{path}:nope")

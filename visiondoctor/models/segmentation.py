@@ -163,7 +163,7 @@ deeplabv3plus_resnet18 = _plus("resnet18")
 deeplabv3plus_mobilenet_v3_large = _plus("mobilenet_v3_large")
 deeplabv3plus_mobilenet_v3_small = _plus("mobilenet_v3_small")
 # small and fast: CPU tests, the demo and benchmarks
-deeplabv3plus_mobilenet_v3_large_lite = _plus("mobilenet_v3_large", "_lite", decoder_channels=64)
+deeplabv3plus_resnet18_lite = _plus("resnet18", "_lite", decoder_channels=64)
 
 
 def head_output_channels(model: nn.Module) -> dict[str, int]:

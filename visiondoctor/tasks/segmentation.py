@@ -40,7 +40,7 @@ from visiondoctor.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "deeplabv3plus_mobilenet_v3_large"
+DEFAULT_MODEL = "deeplabv3plus_resnet18_lite"
 AUX_WEIGHT = 0.4
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -92,7 +92,8 @@ def read_split(root: Path, fmt: str, split: str, ignore_index: int) -> Segmentat
 
 
 def load_data(cfg: Config, anomaly_class: int | None = None) -> SegmentationData:
-    """Read train / val (/ test) with one label space; `anomaly_class` holds a known class out."""
+    """Read train / val (/ test) with one label space. `anomaly_class` holds a known class out: it
+    joins the dataset's own anomaly labels (never trained on, positives of anomaly metrics)."""
     if cfg.data.path:
         root = Path(cfg.data.path)
     elif cfg.data.synth:
@@ -107,8 +108,9 @@ def load_data(cfg: Config, anomaly_class: int | None = None) -> SegmentationData
             if name != "test":
                 raise
             splits[name] = None
-    if anomaly_class is not None:
-        splits = {k: v.with_anomaly_labels((anomaly_class,)) if v is not None else None for k, v in splits.items()}
+    if anomaly_class is not None:  # held out in addition to the dataset's own anomaly class, if any
+        splits = {k: v.with_anomaly_labels((*v.anomaly_labels, anomaly_class)) if v is not None else None
+                  for k, v in splits.items()}
     for index in splits.values():
         if index is None:
             continue
@@ -364,7 +366,7 @@ def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anoma
     """Train on the train split, pick the best checkpoint by validation mIoU, evaluate the whole
     validation split, diagnose, and write the report."""
     from visiondoctor.engine.trainer import Trainer, resolve_device
-    from visiondoctor.tasks.diagnosis import diagnose_finished_run, make_training_monitor
+    from visiondoctor.tasks.diagnosis import RunDiagnosis
 
     cfg = _resolve(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -377,16 +379,17 @@ def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anoma
     model = build_model(cfg, data.num_classes)
     device = resolve_device(cfg.train.device)
     loss_fn = load_loss_file(loss_file) if loss_file else SegmentationLoss(cfg.data.ignore_index)
-    monitor = make_training_monitor(model, cfg) if cfg.train.monitors else None
 
     size, aug = cfg.model.image_size, cfg.train.augment
     train_set = SegmentationDataset(data.train, segmentation_transforms(True, size, aug), train_labels=True)
     val_set = SegmentationDataset(data.val, segmentation_transforms(False, size), train_labels=True)
+    doctor = RunDiagnosis(model, cfg, data.num_classes, background_label=False)
+    doctor.before_training(model, val_set if size > 0 else train_set, collate_segmentation)
     trainer = Trainer(
         model, train_set, cfg.train, collate_fn=collate_segmentation, loss_fn=loss_fn,
         evaluate_fn=lambda m: evaluate_model(m, data.val, cfg, device),
         val_set=val_set if size > 0 else None, primary_metric="miou",
-        callbacks=[monitor] if monitor is not None else [], run_dir=run.path, workers=cfg.data.workers,
+        callbacks=[doctor.monitor] if doctor.monitor else [], run_dir=run.path, workers=cfg.data.workers,
     )
     if resume and not trainer.resume():
         log.warning("--resume: no usable checkpoint in %s; starting from scratch", run.checkpoints)
@@ -395,7 +398,7 @@ def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anoma
     metrics = evaluate_model(final, data.val, cfg, device)
     metrics["split"] = "val"
     run.write_json("metrics.json", metrics)
-    diagnose_finished_run(run, cfg, final, data, monitor)
+    doctor.after_evaluation(run, "miou")
     run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
                                          "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by,
                                          "callback_errors": trainer.state.extra.get("callback_errors", [])})
@@ -430,8 +433,9 @@ def load_run_model(run: RunDir, device: torch.device) -> tuple[nn.Module, Config
 def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -> dict[str, Any]:
     """Re-evaluate a finished run on a split (whole split unless max_images), write metrics.json,
     re-run the diagnosis and rebuild the report."""
+    from visiondoctor.doctor.findings import Finding
     from visiondoctor.engine.trainer import resolve_device
-    from visiondoctor.tasks.diagnosis import diagnose_finished_run
+    from visiondoctor.tasks.diagnosis import RunDiagnosis
 
     run = RunDir.open(run_dir)
     device = resolve_device("auto")
@@ -441,18 +445,21 @@ def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -
     metrics = evaluate_model(model, data.split(split), cfg, device)
     metrics["split"] = split
     run.write_json("metrics.json", metrics)
-    diagnose_finished_run(run, cfg, model, data, None)
+    # training-time findings stay; the evaluation checks are redone for this split (as detection does)
+    previous = [Finding.from_dict(f) for f in (run.read_json("diagnosis.json") if run.diagnosis_json.exists() else [])
+                if not f["id"].startswith(("eval.", "fit."))]
+    doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)), data.num_classes, False)
+    doctor.findings = previous
+    doctor.after_evaluation(run, "miou")
     _build_report(run)
     return metrics
 
 
 def held_out_class(cats: dict[str, Any]) -> int | None:
     """The known class a run held out with --anomaly-class (None when the dataset names its anomaly class)."""
-    labels = cats.get("anomaly_labels") or []
     names = cats.get("names") or []
-    if len(labels) == 1 and labels[0] < len(names) and names[labels[0]] != "anomaly":
-        return int(labels[0])
-    return None
+    held = [int(a) for a in cats.get("anomaly_labels") or [] if a < len(names) and names[a] != "anomaly"]
+    return held[0] if held else None
 
 
 def _build_report(run: RunDir) -> None:
