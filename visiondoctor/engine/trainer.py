@@ -58,6 +58,16 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"train.amp={amp!r}: expected auto, off, fp16 or bf16")
 
 
+def channels_last_enabled(mode: str, model: nn.Module, device: torch.device) -> bool:
+    """auto: on for convolutional models on CUDA, where tensor cores run NHWC convolutions
+    without the layout transposes NCHW costs (and off on CPU, where it rarely pays)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"train.channels_last={mode!r}: expected auto, on or off")
+    if mode == "auto":
+        return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return mode == "on"
+
+
 def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, warmup_steps: int, kind: str) -> float:
     """Linear warmup, then cosine to 0 over the training progress (steps or time, whichever is further)."""
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -130,7 +140,10 @@ class Trainer:
     ):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.model = model.to(self.device)
+        self.model = dist_utils.prepare_model(model.to(self.device), self.device, cfg.sync_bn)
+        self.channels_last = channels_last_enabled(cfg.channels_last, self.model, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
         self.evaluate_fn = evaluate_fn
         self.primary_metric = primary_metric
@@ -140,17 +153,26 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-        per_rank_batch = max(1, cfg.batch_size // dist_utils.world_size())
+        # Each rank loads its share of the global batch; DDP averages the gradients, so a step
+        # sees the same batch as one process would (up to BatchNorm statistics, see distributed.py).
+        per_rank_batch = dist_utils.per_rank_batch_size(cfg.batch_size)
         self.sampler = EpochSampler(len(train_set), cfg.seed)
         pin = self.device.type == "cuda"
         loader_args = dict(collate_fn=collate_fn, num_workers=workers, pin_memory=pin,
                            persistent_workers=workers > 0)
+        # The loader's own draws (worker seeds, one per epoch) come from a generator seeded per
+        # epoch, not from the global stream, so that a checkpoint's random state is exactly what
+        # the augmentations of the next batch will see, also when resuming mid-epoch.
+        self.loader_rng = torch.Generator()
         self.train_loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=self.sampler,
-                                       drop_last=len(train_set) >= per_rank_batch * 2, **loader_args)
+                                       generator=self.loader_rng,
+                                       drop_last=len(self.sampler) >= per_rank_batch * 2, **loader_args)
         self.val_loader = (DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, **loader_args)
                            if val_set is not None and self.is_main else None)
 
         self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
+        if cfg.compile:  # after DDP, so that DDP's bucketing sees the compiled graph (DDPOptimizer)
+            self.ddp_model = torch.compile(self.ddp_model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.ema = build_ema(self.model, cfg.ema_decay) if cfg.ema else None
@@ -188,7 +210,9 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.best_metric = ckpt.get("best_metric")
         self.evals_without_improvement = int(ckpt.get("evals_without_improvement", 0))
-        torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        per_rank = ckpt.get("rng_cpu_per_rank") or []
+        same_world = len(per_rank) == dist_utils.world_size()
+        torch.set_rng_state((per_rank[dist_utils.rank()] if same_world else ckpt["rng_cpu"]).cpu())
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
                  self.state.extra["batch_in_epoch"])
         return True
@@ -207,6 +231,7 @@ class Trainer:
 
         while state.epoch < cfg.epochs and stopped_by == "epochs":
             self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
+            self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
             sums: dict[str, float] = {}
             count, images_seen, epoch_start = 0, 0, time.perf_counter()
             batches_done = start_batch
@@ -223,10 +248,12 @@ class Trainer:
                     bar.advance(state.log.get("loss", float("nan")), rate)
                     if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
                         self._checkpoint(batch_index + 1, elapsed)
-                    if state.stop:
+                    time_up = bool(budget_s) and self.elapsed_before + time.perf_counter() - started >= budget_s
+                    stop, time_up = dist_utils.any_rank(state.stop, time_up)  # all ranks stop together
+                    if stop:
                         stopped_by = "callback"
                         break
-                    if budget_s and self.elapsed_before + time.perf_counter() - started >= budget_s:
+                    if time_up:
                         stopped_by = "time"
                         break
             start_batch = 0
@@ -234,10 +261,13 @@ class Trainer:
             if epoch_done:
                 state.epoch += 1
             elapsed = self.elapsed_before + time.perf_counter() - started
+            # Losses averaged over every rank's steps, images counted over all ranks.
+            totals = dist_utils.sum_over_ranks({**sums, "_count": count, "_images": images_seen})
+            count, images_seen = int(totals.pop("_count")), int(totals.pop("_images"))
             row = {"epoch": state.epoch, "step": state.step, "split": "train", "elapsed_s": round(elapsed, 2),
                    "lr": self.optimizer.param_groups[0]["lr"],
                    "images_per_s": round(images_seen / max(1e-9, time.perf_counter() - epoch_start), 2)}
-            row.update({k: v / max(1, count) for k, v in sums.items()})
+            row.update({k: v / max(1, count) for k, v in totals.items()})
             self.history.append(row)
             if self.is_main:
                 parts = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
@@ -261,6 +291,8 @@ class Trainer:
     def _train_step(self, images: Any, targets: Any, elapsed_s: float, budget_s: float) -> None:
         cfg, state = self.cfg, self.state
         images, targets = _to_device(images, self.device), _to_device(targets, self.device)
+        if self.channels_last:
+            images = _channels_last(images)
         state.images, state.targets, state.log = images, targets, {}
         factor = lr_factor(state.step, self.total_steps, elapsed_s, budget_s, cfg.warmup_steps, cfg.scheduler)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -352,7 +384,12 @@ class Trainer:
         return patience > 0 and self.evals_without_improvement >= patience
 
     def _checkpoint(self, batch_in_epoch: int, elapsed: float) -> None:
-        if not self.is_main or self.run_dir is None:
+        if self.run_dir is None:
+            return
+        # Every rank's random state (augmentation draws differ per rank), so a resumed
+        # distributed run continues each rank's stream where it stopped.
+        rng_per_rank = dist_utils.all_gather_object(torch.get_rng_state())
+        if not self.is_main:
             return
         state = {
             "model": self.model.state_dict(),
@@ -365,7 +402,8 @@ class Trainer:
             "history": self.history,
             "best_metric": self.best_metric,
             "evals_without_improvement": self.evals_without_improvement,
-            "rng_cpu": torch.get_rng_state(),
+            "rng_cpu": rng_per_rank[0],
+            "rng_cpu_per_rank": rng_per_rank,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -427,6 +465,14 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
 
 def _batch_len(images: Any) -> int:
     return len(images) if isinstance(images, (list, tuple)) else int(images.shape[0])
+
+
+def _channels_last(images: Any) -> Any:
+    """Batched 4-D image tensors in NHWC; lists of images are batched inside the model and take
+    the layout of its first convolution's weights."""
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
