@@ -7,6 +7,7 @@ for _module in (
     "visiondoctor.models.early_exit",
     "visiondoctor.models.two_stage",
     "visiondoctor.models.text_query",
+    "visiondoctor.text_query.model",
 ):
     try:
         importlib.import_module(_module)
