@@ -163,3 +163,16 @@ def test_torchrun_train_matches_one_process_within_tolerance(tmp_path):
     for key in ("map", "map50"):
         assert m2[key] == pytest.approx(m1[key], abs=CLI_MAP_ATOL), key
     assert "Traceback" not in proc.stderr
+
+
+def test_doctor_no_gradient_finding_mentions_ddp_only_when_distributed(monkeypatch):
+    from visiondoctor.doctor.checks.gradients import check_no_gradient
+    from visiondoctor.doctor.probe import Observation
+
+    obs = Observation(task="detection", losses={"cls": 1.0}, trainable={"head.weight": 64, "body.weight": 4096},
+                      no_grad=["head.weight"])
+    (alone,) = check_no_gradient(obs)
+    assert "DistributedDataParallel" not in alone.cause and "ddp_world_size" not in alone.evidence
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    (ddp,) = check_no_gradient(obs)
+    assert "find_unused_parameters" in ddp.cause and ddp.evidence["ddp_world_size"] == 2

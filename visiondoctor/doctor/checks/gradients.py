@@ -7,6 +7,7 @@ import torch
 
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.probe import Observation
+from visiondoctor.engine.distributed import unused_parameters_advice, world_size
 
 NO_GRAD_ERROR_FRACTION = 0.01  # 1 % of the trainable weights idle is a whole layer or head, not a stray bias
 
@@ -38,16 +39,20 @@ def check_no_gradient(obs: Observation) -> list[Finding]:
     idle = sum(obs.trainable.get(n, 0) for n in obs.no_grad)
     modules = compress_to_modules(obs.no_grad, list(obs.trainable))
     frac = idle / total
+    evidence = {"modules": modules[:20], "parameters_without_grad": len(obs.no_grad), "weights_without_grad": idle,
+                "fraction_of_trainable_weights": round(frac, 4), "loss_components": sorted(obs.losses)}
+    ddp = unused_parameters_advice(len(obs.no_grad))  # under torchrun they also cost DDP a graph walk per step
+    if ddp:
+        evidence["ddp_world_size"] = world_size()
     return [Finding(
         id="params.no-gradient",
         severity="error" if frac >= NO_GRAD_ERROR_FRACTION else "warning",
         title=f"{', '.join(modules[:3])}{' and more' if len(modules) > 3 else ''} "
               f"{'gets' if len(modules) == 1 else 'get'} no gradient: {'its' if len(modules) == 1 else 'their'} "
               "output is not in the loss",
-        evidence={"modules": modules[:20], "parameters_without_grad": len(obs.no_grad), "weights_without_grad": idle,
-                  "fraction_of_trainable_weights": round(frac, 4), "loss_components": sorted(obs.losses)},
+        evidence=evidence,
         cause="These parameters require grad but no loss term depends on them, so the optimizer never updates them "
-              "(a head computed but left out of the loss, or a branch the forward never uses).",
+              "(a head computed but left out of the loss, or a branch the forward never uses)." + (f" {ddp}" if ddp else ""),
         fix="Add the missing loss term (e.g. loss = main + 0.4 * aux for a segmentation aux head), or delete the unused "
             "branch / set requires_grad=False on it so it is not mistaken for trained.",
         where=modules[0],
