@@ -18,7 +18,7 @@ from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
 from visiondoctor.rundir import RunDir
 
 log = logging.getLogger(__name__)
-PROBE_BATCH = 4
+PROBE_BATCH = 8
 
 
 class RunDiagnosis:
@@ -39,6 +39,7 @@ class RunDiagnosis:
         from visiondoctor.doctor.static import static_checks
 
         started = time.perf_counter()
+        self.findings += list(extra)  # whole-split evidence first: dedupe keeps the first of an ID
         try:
             images, targets = collate([probe_set[i] for i in range(min(PROBE_BATCH, len(probe_set)))])
             found, _ = static_checks(copy.deepcopy(model), images, targets, task=self.cfg.task,
@@ -46,7 +47,6 @@ class RunDiagnosis:
             self.findings += found
         except Exception as exc:  # a failing check never stops the run
             self.findings.append(check_failed("static_checks", exc))
-        self.findings += list(extra)
         self.timings["static_s"] = round(time.perf_counter() - started, 2)
         for f in self.findings:
             if f.severity != "info":
