@@ -127,9 +127,15 @@ def resolve_encoder_name(name: str) -> str:
     return "hashed"
 
 
+_LOADED: dict[str, TextEncoder] = {}
+
+
 def build_encoder(name: str) -> TextEncoder:
+    """The encoder by name; the sentence model is loaded once per process (it takes seconds)."""
     name = resolve_encoder_name(name)
-    return MiniLMEncoder() if name == "minilm" else HashedNgramEncoder()
+    if name not in _LOADED:
+        _LOADED[name] = MiniLMEncoder() if name == "minilm" else HashedNgramEncoder()
+    return _LOADED[name]
 
 
 class EmbeddingCache:

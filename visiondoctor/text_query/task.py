@@ -58,7 +58,8 @@ def build_text_query_model(cfg: Config, class_names: tuple[str, ...], run: RunDi
                         pretrained_backbone=cfg.model.pretrained_backbone, **kwargs)
 
 
-def train_text_query(cfg: Config, resume: bool = False, open_vocabulary_images: int = 100) -> RunDir:
+def train_text_query(cfg: Config, resume: bool = False, open_vocabulary_images: int = 100,
+                     report: bool = True) -> RunDir:
     """Train on cfg's data with the category names as queries; evaluate (metrics, predictions,
     consistency as every detection run) and analyse (text_query.json); write the report."""
     from visiondoctor.tasks.detection import best_weights, build_report, data_summary, evaluate_model, load_data
@@ -91,7 +92,8 @@ def train_text_query(cfg: Config, resume: bool = False, open_vocabulary_images: 
     analyse_run(run, final, data, cfg, device, ov_root)
     run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
                                          "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by})
-    build_report(run)
+    if report:
+        build_report(run)
     return run
 
 
