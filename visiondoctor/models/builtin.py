@@ -8,6 +8,7 @@ for _module in (
     "visiondoctor.models.two_stage",
     "visiondoctor.models.text_query",
     "visiondoctor.text_query.model",
+    "visiondoctor.models.compare_zoo",
 ):
     try:
         importlib.import_module(_module)
