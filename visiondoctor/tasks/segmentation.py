@@ -384,7 +384,8 @@ def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anoma
     train_set = SegmentationDataset(data.train, segmentation_transforms(True, size, aug), train_labels=True)
     val_set = SegmentationDataset(data.val, segmentation_transforms(False, size), train_labels=True)
     doctor = RunDiagnosis(model, cfg, data.num_classes, background_label=False)
-    doctor.before_training(model, val_set if size > 0 else train_set, collate_segmentation)
+    probe_set = SegmentationDataset(data.train, segmentation_transforms(False, size), train_labels=True)
+    doctor.before_training(model, probe_set, collate_segmentation)  # un-augmented training samples
     trainer = Trainer(
         model, train_set, cfg.train, collate_fn=collate_segmentation, loss_fn=loss_fn,
         evaluate_fn=lambda m: evaluate_model(m, data.val, cfg, device),
