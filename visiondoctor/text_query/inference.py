@@ -28,7 +28,7 @@ def forward_raw(model: TextQueryDetector, images: Sequence[torch.Tensor],
     """The per-location outputs (sim_logits, boxes, quality_logits, centres, grid) and the image sizes."""
     batch, sizes = model.batch_images(images)
     queries = model.class_embeddings if query_embeddings is None else query_embeddings.to(batch.device)
-    return model.head(model.backbone(batch)["0"], queries), sizes
+    return model.head(model.backbone(batch), queries), sizes
 
 
 @torch.no_grad()

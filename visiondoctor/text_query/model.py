@@ -1,6 +1,6 @@
 """A dense detector that finds what a text query names.
 
-    image -> ResNet-18 (layer2 + layer3, FPN-fused at stride 8) -> features F (B, C, H, W)
+    image -> ResNet-18 (layer3 fused top-down into layer2, stride 8) -> features F (B, C, H, W)
     query -> sentence embedding t (384-d, encoder.py) -> projections
 
 Per query and location:
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from visiondoctor.models.registry import register
@@ -52,20 +52,34 @@ def score_fn(sim_logits: torch.Tensor, quality_logits: torch.Tensor, scoring: st
     return sim_logits.sigmoid().pow(1.0 - a) * quality_logits.sigmoid().pow(a)
 
 
-def _resnet_fpn(channels: int, pretrained_backbone: bool) -> tuple[nn.Module, int]:
-    weights = None
-    if pretrained_backbone:
-        from torchvision.models import ResNet18_Weights
+class ResNetTrunk(nn.Module):
+    """ResNet-18 to layer3 (random init unless `pretrained_backbone`), layer3 fused top-down into
+    layer2: one stride-8 map with stride-16 context. (torchvision's FPN would also compute a
+    stride-16 output this head never reads; at 128 px layer4 would be 4x4, so it is dropped.)"""
 
-        weights = ResNet18_Weights.DEFAULT
-    try:
-        trunk = resnet18(weights=weights)
-    except (OSError, RuntimeError) as exc:
-        raise RuntimeError(f"{MODEL_NAME}: ImageNet weights for resnet18 could not be loaded ({exc}); "
-                           "train from scratch with model.pretrained_backbone=false") from exc
-    # layer2 (stride 8) and layer3 (stride 16), fused top-down; layer4 would be 4x4 at 128 px.
-    body = BackboneWithFPN(trunk, {"layer2": "0", "layer3": "1"}, [128, 256], channels)
-    return body, 8
+    stride = 8
+
+    def __init__(self, channels: int, pretrained_backbone: bool = False):
+        super().__init__()
+        weights = None
+        if pretrained_backbone:
+            from torchvision.models import ResNet18_Weights
+
+            weights = ResNet18_Weights.DEFAULT
+        try:
+            trunk = resnet18(weights=weights)
+        except (OSError, RuntimeError) as exc:
+            raise RuntimeError(f"{MODEL_NAME}: ImageNet weights for resnet18 could not be loaded ({exc}); "
+                               "train from scratch with model.pretrained_backbone=false") from exc
+        self.body = create_feature_extractor(trunk, {"layer2": "c3", "layer3": "c4"})
+        self.lateral3 = nn.Conv2d(128, channels, 1)
+        self.lateral4 = nn.Conv2d(256, channels, 1)
+        self.smooth = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        top = F.interpolate(self.lateral4(f["c4"]), size=f["c3"].shape[-2:], mode="nearest")
+        return self.smooth(self.lateral3(f["c3"]) + top)
 
 
 def _tower(channels: int, depth: int) -> nn.Sequential:
@@ -77,7 +91,7 @@ def _tower(channels: int, depth: int) -> nn.Sequential:
 
 class TextQueryDetector(nn.Module):
     def __init__(self, class_embeddings: torch.Tensor, scoring: str = "consistent", quality_weight: float = 0.5,
-                 channels: int = 128, embed_dim: int = 128, pretrained_backbone: bool = False,
+                 channels: int = 64, embed_dim: int = 64, pretrained_backbone: bool = False,
                  score_threshold: float = 0.05, nms_iou: float = 0.5, max_detections: int = 100,
                  pre_nms_top_k: int = 1000, loss: LossConfig | None = None):
         super().__init__()
@@ -93,7 +107,8 @@ class TextQueryDetector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-        self.backbone, self.stride = _resnet_fpn(channels, pretrained_backbone)
+        self.backbone = ResNetTrunk(channels, pretrained_backbone)
+        self.stride = self.backbone.stride
         text_dim = class_embeddings.shape[1]
         self.text_proj = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.ReLU(inplace=True), nn.Linear(embed_dim, embed_dim))
         self.image_embed = nn.Sequential(_tower(channels, 1), nn.Conv2d(channels, embed_dim, 1))
@@ -149,7 +164,7 @@ class TextQueryDetector(nn.Module):
                 query_embeddings: torch.Tensor | None = None) -> Any:
         batch, sizes = self.batch_images(images)
         queries = self.class_embeddings if query_embeddings is None else query_embeddings
-        out = self.head(self.backbone(batch)["0"], queries)
+        out = self.head(self.backbone(batch), queries)
         if self.training:
             if targets is None:
                 raise ValueError(f"{MODEL_NAME}: targets are required in train mode")

@@ -63,6 +63,7 @@ def train_text_query(cfg: Config, resume: bool = False, open_vocabulary_images: 
     """Train on cfg's data with the category names as queries; evaluate (metrics, predictions,
     consistency as every detection run) and analyse (text_query.json); write the report."""
     from visiondoctor.tasks.detection import best_weights, build_report, data_summary, evaluate_model, load_data
+    from visiondoctor.tasks.diagnosis import RunDiagnosis, data_findings
 
     if cfg.model.name != MODEL_NAME:
         raise ValueError(f"train_text_query trains {MODEL_NAME!r}, not {cfg.model.name!r}")
@@ -80,14 +81,20 @@ def train_text_query(cfg: Config, resume: bool = False, open_vocabulary_images: 
 
     train_set = DetectionDataset(data.train, data.category_map, detection_transforms(True, cfg.train.augment))
     val_set = DetectionDataset(data.val, data.category_map, detection_transforms(False))
+    # The doctor as in every detection run: data and probe checks before, monitor during, evaluation checks after.
+    doctor = RunDiagnosis(model, cfg, data.category_map.num_classes, False)
+    doctor.before_training(model, val_set if len(val_set) else train_set, collate_detection,
+                           data_findings(data.train, data.category_map, False))
     trainer = Trainer(model, train_set, cfg.train, collate_fn=collate_detection,
                       evaluate_fn=lambda m: evaluate_model(m, data.val, data.category_map, cfg, device),
-                      val_set=val_set, primary_metric="map", run_dir=run.path, workers=cfg.data.workers)
+                      val_set=val_set, primary_metric="map", callbacks=[doctor.monitor] if doctor.monitor else [],
+                      run_dir=run.path, workers=cfg.data.workers)
     if resume and not trainer.resume():
         log.warning("--resume: no usable checkpoint in %s; starting from scratch", run.checkpoints)
     result = trainer.fit()
     final = best_weights(run, trainer.eval_model, device)
     evaluate_model(final, data.val, data.category_map, cfg, device, run)
+    doctor.after_evaluation(run, "map")
     ov_root = open_vocabulary_root(cfg, data.root, open_vocabulary_images)
     analyse_run(run, final, data, cfg, device, ov_root)
     run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
