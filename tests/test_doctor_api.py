@@ -58,3 +58,10 @@ def test_nonfinite_loss_names_component_and_step():
     doc.close()
     bad = [f for f in doc.findings() if f.id == "loss.nonfinite"]
     assert bad and bad[0].evidence["what"] == "classification" and bad[0].evidence["step"] == 2
+
+
+def test_docs_show_the_same_example():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "doctor.md").read_text()
+    assert example_code().strip() in docs

@@ -205,3 +205,12 @@ def test_exit_distribution():
     assert never[0].severity == "warning" and "full model" in never[0].title
     spread = [0] * 7 + [1] * 7 + [2] * 6
     assert exits.check_exit_distribution(spread, [[0.1 * (i % 10), 0.5, 0.9] for i in range(20)], [0.6, 0.5]) == []
+
+
+def test_every_catalogue_id_is_documented():
+    from pathlib import Path
+
+    from visiondoctor.doctor.findings import CATALOGUE
+
+    text = (Path(__file__).parents[1] / "docs" / "doctor.md").read_text()
+    assert [k for k in CATALOGUE if f"`{k}`" not in text] == []
