@@ -2,8 +2,12 @@
 plus what only this model has (class names as queries, the positives-versus-rest analysis and
 the open-vocabulary figures, in `text_query.json`).
 
-    train_text_query(cfg, resume=False) -> RunDir     (cfg.model.name == "text_query_dense")
+    train_text_query(cfg, resume=False) -> RunDir     (cfg.model.name == "text_query_dense"; alias `train`)
+    evaluate_run(run_dir, split="val", max_images=0)  the detection task's re-evaluation + this analysis
     analyse_run(run, model, data, cfg, device) -> dict  (writes text_query.json)
+
+`train` and `evaluate_run` have the signatures of visiondoctor.tasks.detection's, so the CLI
+can route a run whose model is `text_query_dense` to this module as it routes tasks.
 
 The model's own options go in `cfg.model.kwargs`: scoring (consistent | seed), quality_weight,
 encoder (auto | minilm | hashed; `auto` is resolved and recorded before the config is saved),
@@ -144,3 +148,25 @@ def analyse_run(run: RunDir, model: TextQueryDetector, data: Any, cfg: Config, d
                                                       data.category_map.names)
     run.write_json(ANALYSIS_FILE, analysis)
     return analysis
+
+
+train = train_text_query
+
+
+def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0,
+                 open_vocabulary_images: int = 100) -> dict[str, Any]:
+    """Re-evaluate a finished text-query run on a split (the detection task's evaluation and
+    diagnosis), redo the analysis on that split, and rebuild the report."""
+    from visiondoctor.tasks import detection
+
+    metrics = detection.evaluate_run(run_dir, split=split, max_images=max_images)
+    run = RunDir.open(run_dir)
+    device = resolve_device("auto")
+    model, cfg, category_map = detection.load_run_model(run, device)
+    cfg = replace(cfg, eval=replace(cfg.eval, max_images=max_images, split=split))
+    data = detection.load_data(cfg, background=category_map.background)
+    index = {"train": data.train, "val": data.val, "test": data.test}[split]
+    analyse_run(run, model, replace(data, val=index), cfg, device,
+                open_vocabulary_root(cfg, data.root, open_vocabulary_images))
+    detection.build_report(run)
+    return metrics
