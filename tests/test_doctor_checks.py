@@ -214,3 +214,22 @@ def test_every_catalogue_id_is_documented():
 
     text = (Path(__file__).parents[1] / "docs" / "doctor.md").read_text()
     assert [k for k in CATALOGUE if f"`{k}`" not in text] == []
+
+
+def test_findings_from_a_run_directory(tmp_path):
+    import json
+
+    from visiondoctor.doctor.from_run import run_findings
+
+    rows = ["epoch,step,split,loss,miou"]
+    for e, (tr, va) in enumerate([(1.0, 1.0), (0.5, 0.7), (0.3, 0.8), (0.1, 0.95)], start=1):
+        rows += [f"{e},{e * 10},train,{tr},", f"{e},{e * 10},val,{va},0.4"]
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"miou": 0.4, "num_images": 10, "total_images": 100}))
+    (tmp_path / "detection_stats.json").write_text(json.dumps(
+        {"num_images": 4, "per_image": {"0.05": {"mean": 100.0, "zero_share": 0.0}, "0.5": {"mean": 0.0, "zero_share": 1.0}}}))
+    found = {f.id: f for f in run_findings(tmp_path)}
+    assert found["fit.generalization-gap"].severity == "warning"
+    assert found["eval.sample-bias"].evidence["evaluated_images"] == 10
+    assert found["output.background-collapse"].severity == "warning"
+    assert run_findings(tmp_path / "missing") == []
