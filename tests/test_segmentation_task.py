@@ -27,11 +27,13 @@ def _cfg(root: Path, out: Path, *extra: str):
                               "name=tiny", "train.monitors=false", *extra])
 
 
-def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path) -> None:
-    from visiondoctor.tasks.anomaly import run_anomaly
-    from visiondoctor.tasks.segmentation import evaluate_run, train
+def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visiondoctor.tasks import anomaly, segmentation
 
-    run = train(_cfg(streets, tmp_path))
+    build_report = segmentation.build_report_with_sections
+    for module in (anomaly, segmentation):  # the report is built once, at the end (it is the slow part)
+        monkeypatch.setattr(module, "build_report_with_sections", lambda run: None)
+    run = segmentation.train(_cfg(streets, tmp_path))
     metrics = json.loads(run.metrics.read_text())
     assert metrics["num_images"] == metrics["total_images"] == 4 and "subset" not in metrics
     assert set(metrics["per_class"]) == set(json.loads(run.categories.read_text())["names"][:13])
@@ -40,7 +42,7 @@ def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path) -> None:
     assert "loss_out" in history and "loss_aux" in history
     assert "aux: 0.4" in run.config.read_text() and "deeplabv3plus_resnet18_lite" in run.config.read_text()
 
-    result = run_anomaly(run.path, "msp,maxlogit,energy,sml")
+    result = anomaly.run_anomaly(run.path, "msp,maxlogit,energy,sml")
     assert result["anomaly_labels"] == [13] and result["images"] == 4
     for m in ("msp", "maxlogit", "energy", "sml"):
         entry = result["methods"][m]
@@ -52,14 +54,12 @@ def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path) -> None:
     with np.load(run.path / "anomaly_examples.npz", allow_pickle=False) as ex:
         assert ex["gt"].shape[0] == ex["score_sml"].shape[0] >= 1
 
-    sub = evaluate_run(run.path, split="test", max_images=2)
+    sub = segmentation.evaluate_run(run.path, split="test", max_images=2)
     assert sub["subset"] == {"evaluated_images": 2, "total_images": 4}
     assert "eval.sample-bias" in {f["id"] for f in json.loads(run.diagnosis_json.read_text())}
 
-    import visiondoctor.report.segmentation_sections  # noqa: F401  (registers the sections)
-    from visiondoctor.report.html import build_report
-
-    html = build_report(run.path).read_text()
+    build_report(run)
+    html = run.report.read_text()
     assert "Anomaly segmentation" in html and "Segmentation metrics" in html and "SML" in html
 
 

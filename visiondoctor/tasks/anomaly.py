@@ -27,6 +27,7 @@ from visiondoctor.evaluation.segmentation import ConfusionMatrix
 from visiondoctor.rundir import RunDir
 from visiondoctor.tasks.segmentation import (
     SegmentationDataset,
+    build_report_with_sections,
     held_out_class,
     iterate_logits,
     load_data,
@@ -114,7 +115,7 @@ def run_anomaly(run_dir: str | Path, methods: str | Sequence[str] = METHODS, ano
     run.write_json("anomaly.json", results)
     if examples:
         _save_examples(run.path / "anomaly_examples.npz", examples, methods)
-    _rebuild_report(run)
+    build_report_with_sections(run)
     return results
 
 
@@ -147,11 +148,3 @@ def _save_examples(path: Path, examples: dict[str, list[np.ndarray]], methods: l
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
-
-
-def _rebuild_report(run: RunDir) -> None:
-    try:
-        from visiondoctor.report.html import build_report
-    except ImportError:
-        return
-    build_report(run.path)

@@ -403,7 +403,7 @@ def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anoma
     run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
                                          "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by,
                                          "callback_errors": trainer.state.extra.get("callback_errors", [])})
-    _build_report(run)
+    build_report_with_sections(run)
     return run
 
 
@@ -452,7 +452,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -
     doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)), data.num_classes, False)
     doctor.findings = previous
     doctor.after_evaluation(run, "miou")
-    _build_report(run)
+    build_report_with_sections(run)
     return metrics
 
 
@@ -463,9 +463,9 @@ def held_out_class(cats: dict[str, Any]) -> int | None:
     return held[0] if held else None
 
 
-def _build_report(run: RunDir) -> None:
-    try:
-        from visiondoctor.report.html import build_report
-    except ImportError:
-        return
+def build_report_with_sections(run: RunDir) -> None:
+    # segmentation_sections registers its sections on import (until html.py imports it itself)
+    import visiondoctor.report.segmentation_sections  # noqa: F401
+    from visiondoctor.report.html import build_report
+
     build_report(run.path)
