@@ -130,7 +130,7 @@ def test_user_loss_file(tmp_path: Path) -> None:
     loss = load_loss_file(f"{path}:dice_ce")
     model = create_model("deeplabv3plus_resnet18_lite", num_classes=K)
     assert set(loss(model, *_batch())) == {"ce"}
-    with pytest.raises(ValueError, match="no function 'nope'"):
+    with pytest.raises(ValueError, match="no callable 'nope'"):
         load_loss_file(f"{path}:nope")
     with pytest.raises(ValueError, match="path.py:function"):
         load_loss_file("nocolon")

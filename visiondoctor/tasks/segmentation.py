@@ -14,7 +14,6 @@ training, so the model never learns them.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 from dataclasses import dataclass, replace
@@ -252,19 +251,10 @@ class SegmentationLoss:
 
 def load_loss_file(spec: str) -> Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]:
     """`path.py:fn` -> a Trainer loss. `fn(outputs, targets)` returns a loss tensor or a dict of
-    named loss tensors (the same file format as the doctor's --loss-file)."""
-    path, _, name = spec.rpartition(":")
-    if not path or not name:
-        raise ValueError(f"--loss-file {spec!r}: expected path.py:function")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--loss-file: {file} not found")
-    module_spec = importlib.util.spec_from_file_location(f"visiondoctor_user_loss_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)  # the user's own code, run on purpose
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"--loss-file: {file} has no function {name!r}")
+    named loss tensors (the doctor's --loss-file format, loaded by the doctor's loader)."""
+    from visiondoctor.doctor.diagnose import load_loss
+
+    fn = load_loss(spec)
 
     def loss(model: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
         out = fn(model(images), targets)
