@@ -134,3 +134,20 @@ def test_user_loss_file(tmp_path: Path) -> None:
         load_loss_file(f"{path}:nope")
     with pytest.raises(ValueError, match="path.py:function"):
         load_loss_file("nocolon")
+
+
+@pytest.mark.parametrize("name,kwargs", [("deeplabv3_mobilenet_v3_large", {"pretrained": True}),
+                                         ("lraspp_mobilenet_v3_large", {"pretrained_backbone": True}),
+                                         ("deeplabv3plus_mobilenet_v3_small", {"pretrained_backbone": True})])
+def test_weights_that_cannot_be_downloaded_give_a_clear_message(name: str, kwargs: dict,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.models._api as api
+
+    from visiondoctor.models.detection import WeightsUnavailable
+
+    def offline(*args, **kw):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailable, match="pretrained_backbone=false"):
+        create_model(name, num_classes=K, **kwargs)
