@@ -103,9 +103,10 @@ def load_data(cfg: Config, anomaly_class: int | None = None) -> SegmentationData
     for name, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         try:
             splits[name] = read_split(root, cfg.data.format, split, cfg.data.ignore_index)
-        except DataError:
+        except DataError as exc:
             if name != "test":
                 raise
+            log.warning("no usable test split (anomaly scoring needs one): %s", str(exc).splitlines()[0])
             splits[name] = None
     if anomaly_class is not None:  # held out in addition to the dataset's own anomaly class, if any
         splits = {k: v.with_anomaly_labels((*v.anomaly_labels, anomaly_class)) if v is not None else None
