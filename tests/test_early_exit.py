@@ -1,0 +1,258 @@
+"""Early-exit SSDLite: valid detections at every exit, per-exit losses reaching every head, batched
+routing equal to one-by-one routing, calibration meeting its budget on a held-out split, and the
+doctor catching the seed's degenerate threshold."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from visiondoctor.evaluation import early_exit as policy
+from visiondoctor.models.registry import create_model
+
+SIZE = 64
+NUM_CLASSES = 3  # background + 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE, detections_per_img=10)
+
+
+def _images(n: int, seed: int = 0, h: int = 48, w: int = 80) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) for _ in range(n)]
+
+
+def _targets(n: int) -> list[dict[str, torch.Tensor]]:
+    return [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 60.0, 30.0]]),
+             "labels": torch.tensor([1, 2])} for _ in range(n)]
+
+
+def _input_dependent(model) -> None:
+    """He-initialised convolutions, so that confidences differ between images (with SSDLite's own
+    small initialisation the features, hence an untrained head's confidence, are the same for every image)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+
+
+def test_exit_specs_measured_by_probe(model):
+    specs = model.exit_specs
+    assert [s["name"] for s in specs] == ["exit1", "exit2", "full"]
+    assert specs[0]["channels"][0] == 80 and specs[1]["channels"][0] == 112  # features[8], features[12]
+    assert specs[0]["strides"][0] == 16 and specs[1]["strides"][0] == 16
+    for s in specs:  # one default-box set per feature map of that exit
+        assert len(s["anchors_per_location"]) == len(s["sizes"]) == len(s["channels"])
+        assert s["num_anchors"] == sum(a * h * w for a, (h, w) in zip(s["anchors_per_location"], s["sizes"]))
+
+
+def test_every_exit_gives_valid_detections(model):
+    model.eval()
+    images = _images(3)
+    for k in range(model.num_exits):
+        for det in model.detect(images, forced_exit=k):
+            assert int(det["exit"]) == k and len(det["exit_confidences"]) == k + 1
+            boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
+            assert len(boxes) > 0
+            assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+            assert (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 48).all()  # the input's own size
+            assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+            assert ((scores >= 0) & (scores <= 1)).all()
+            assert ((labels >= 1) & (labels < NUM_CLASSES)).all()
+            assert 0.0 <= float(det["exit_confidence"]) <= 1.0
+    with pytest.raises(ValueError, match="forced_exit"):
+        model.detect(images, forced_exit=3)
+
+
+def test_uncalibrated_model_is_the_full_model(model):
+    model.eval()
+    images = _images(2, seed=3)
+    ours, reference = model(images), model.full(images)
+    for a, b in zip(ours, reference):
+        assert int(a["exit"]) == 2
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_losses_per_exit_reach_every_head():
+    torch.manual_seed(0)
+    m = create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE, exit_loss_weights=(0.5, 1, 1))
+    m.train()
+    losses = m(_images(2), _targets(2))
+    assert set(losses) == {f"{e}_{p}" for e in ("exit1", "exit2", "full") for p in ("classification", "bbox_regression")}
+    sum(losses.values()).backward()
+    for name, module in (("exit1", m.exits[0]), ("exit2", m.exits[1]), ("full", m.full.head)):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+    assert m.trunk[0][0].weight.grad is not None  # the shared trunk learns from every exit
+
+    # The weight scales the exit's losses: same batch, same weights, exit1 weighted 0.5 vs 1.
+    m2 = create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE)
+    m2.load_state_dict(m.state_dict())
+    m2.train()
+    with torch.no_grad():
+        a = m2(_images(2), _targets(2))["exit1_classification"]
+        m2.exit_loss_weights = [0.5, 1.0, 1.0]
+        b = m2(_images(2), _targets(2))["exit1_classification"]
+    assert float(b) == pytest.approx(0.5 * float(a), rel=1e-3)
+
+
+def test_freeze_trunk_trains_the_exits_alone():
+    torch.manual_seed(0)
+    m = create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE, freeze_trunk=True)
+    m.train()
+    bn = next(mod for mod in m.trunk.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    assert not m.full.training and m.exits[0].training
+    losses = m(_images(2), _targets(2))
+    assert all(not name.startswith("full_") for name in losses)
+    sum(losses.values()).backward()
+    assert torch.equal(bn.running_mean, before)  # frozen BatchNorm is really frozen (eval mode)
+    assert all(p.grad is None for p in m.full.parameters())
+    assert all(p.grad is not None for p in m.exits.parameters())
+
+
+def test_batched_routing_matches_one_by_one(model):
+    _input_dependent(model)
+    model.eval()
+    images = _images(6, seed=5)
+    conf = np.array([[float(c) for c in d["exit_confidences"]] for d in model.detect(images, forced_exit=2)])
+    thresholds = [float(np.median(conf[:, 0])), float(np.median(conf[:, 1]))]
+    batched = model.detect(images, thresholds=thresholds)
+    exits = [int(d["exit"]) for d in batched]
+    assert len(set(exits)) >= 2  # images left at different exits within one batch
+    assert exits == policy.assign_exits(conf, thresholds).tolist()
+    for image, det in zip(images, batched):
+        alone = model.detect([image], thresholds=thresholds)[0]
+        assert int(alone["exit"]) == int(det["exit"])
+        assert torch.allclose(alone["boxes"], det["boxes"], atol=1e-4)
+        assert torch.allclose(alone["scores"], det["scores"], atol=1e-5)
+
+
+def test_onnx_backend_matches_eager(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from visiondoctor.early_exit.latency import OnnxExitBackend
+
+    model.eval()
+    backend = OnnxExitBackend(model, SIZE, tmp_path)
+    images = _images(2, seed=7)
+    for k in range(model.num_exits):
+        for a, b in zip(model.detect(images, forced_exit=k), model.detect(images, forced_exit=k, backend=backend)):
+            assert torch.allclose(a["scores"], b["scores"], atol=1e-4)
+            assert torch.allclose(a["boxes"], b["boxes"], atol=1e-2)
+
+
+# ----- calibration on synthetic per-exit records -----------------------------------------------------------
+BLUR = (3.0, 1.5, 0.3)  # box jitter (px) of exit1, exit2, full on the hardest image
+
+
+def synthetic_records(n: int, seed: int) -> policy.ExitRecords:
+    """Two objects per 128-px image; image difficulty d in [0, 1] makes the early exits' boxes worse
+    (exit1 more than exit2; the full model stays accurate); the confidence falls with d, noisily."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    predictions: list[list[list[dict]]] = [[], [], []]
+    conf = np.zeros((n, 3))
+    for i in range(n):
+        images.append({"id": i + 1, "width": 128, "height": 128, "file_name": f"{i}.png"})
+        d = rng.uniform()
+        boxes = []
+        for _ in range(2):
+            w, h = rng.uniform(20, 50, 2)
+            x, y = rng.uniform(0, 128 - w), rng.uniform(0, 128 - h)
+            c = int(rng.integers(1, 3))
+            boxes.append((x, y, w, h, c))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": c,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        for k, blur in enumerate(BLUR):
+            jitter = 0.3 + blur * d ** 2
+            predictions[k].append([{"image_id": i + 1, "category_id": c,
+                                    "bbox": [x + rng.normal(0, jitter), y + rng.normal(0, jitter), w, h],
+                                    "score": float(np.clip(0.95 - 0.4 * d + rng.normal(0, 0.03), 0.01, 1))}
+                                   for x, y, w, h, c in boxes])
+            conf[i, k] = np.clip(1 - d + rng.normal(0, 0.05), 0, 1)
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    return policy.ExitRecords(gt, ["exit1", "exit2", "full"], [im["id"] for im in images], predictions,
+                              {"conf": conf, "noise": rng.uniform(size=(n, 3))})
+
+
+LATENCY = policy.PathLatency({(k, ran): 30.0 * (k + 1) + 4.0 * sum(ran) for k, ran in policy.PathLatency.paths(3)})
+TOLERANCE = 0.01  # held-out AP drop may exceed the calibrated one by 1 point (sampling noise of ~150 images)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    cal, held = synthetic_records(150, seed=0), synthetic_records(150, seed=1)
+    return cal, held, policy.sweep(cal, "conf", LATENCY, levels=5)
+
+
+def test_signal_choice_prefers_the_informative_signal():
+    result = policy.signal_correlations(synthetic_records(60, seed=4))
+    assert result["chosen"] == "conf"
+    assert result["signals"]["conf"]["exit1"]["vs_gap"] > 0.3
+    assert abs(result["signals"]["noise"]["mean_vs_gap"]) < 0.25
+
+
+def test_calibration_meets_map_budget_on_held_out_split(calibration):
+    cal, held, points = calibration
+    chosen = policy.calibrate(points, max_map_drop=0.02)
+    assert chosen.budget_met and chosen.map_drop <= 0.02
+    assert chosen.latency_cut > 0.2  # the budget is spent on leaving early, not met by never leaving
+    result = policy.evaluate_point(held, "conf", chosen.thresholds, LATENCY)
+    assert result["map_drop"] <= 0.02 + TOLERANCE
+    assert result["latency_cut"] > 0.1
+    # A stricter budget costs speed: never faster than the looser one.
+    strict = policy.calibrate(points, max_map_drop=0.0)
+    assert strict.map_drop <= 0.0 + 1e-12 and strict.latency_ms >= chosen.latency_ms
+
+
+def test_calibration_meets_latency_budget(calibration):
+    cal, held, points = calibration
+    full_ms = LATENCY.cost(2, [math.inf, math.inf])
+    chosen = policy.calibrate(points, target_latency_ms=0.6 * full_ms)
+    assert chosen.budget_met and chosen.latency_ms <= 0.6 * full_ms
+    result = policy.evaluate_point(held, "conf", chosen.thresholds, LATENCY)
+    assert result["latency_ms"] <= 0.6 * full_ms * 1.1  # same policy, another split: within 10%
+    impossible = policy.calibrate(points, target_latency_ms=1.0)
+    assert not impossible.budget_met and impossible.latency_ms == min(p.latency_ms for p in points)
+
+
+def test_pareto_front_is_monotone(calibration):
+    _, _, points = calibration
+    front = policy.pareto_front(points)
+    assert all(a.latency_ms <= b.latency_ms and a.map < b.map for a, b in zip(front, front[1:]))
+    assert all(not any(q.latency_ms < p.latency_ms and q.map > p.map for q in points) for p in front)
+
+
+# ----- the doctor on the seed's failure ------------------------------------------------------------------
+def test_degenerate_threshold_is_caught_by_the_doctor():
+    """The seed: an untrained head outputs the same confidence for every image, the threshold sits
+    below it, every image leaves at exit 1."""
+    from visiondoctor.early_exit.analysis import degenerate_findings
+
+    torch.manual_seed(0)
+    m = create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE).eval()
+    dets = m.detect(_images(8, seed=9), forced_exit=2)
+    conf = np.array([[float(c) for c in d["exit_confidences"]] for d in dets])
+    assert np.ptp(conf[:, 0]) < 1e-3  # constant, as in the seed
+    threshold = float(conf[0, 0]) - 0.02
+    routed = m.detect(_images(8, seed=9), thresholds=[threshold, math.inf])
+    statistics = {"exit_indices": [int(d["exit"]) for d in routed],
+                  "exit_confidences": [d["exit_confidences"].tolist() for d in routed],
+                  "thresholds": [threshold, None], "num_exits": 3}
+    assert set(statistics["exit_indices"]) == {0}
+    findings = degenerate_findings(statistics)
+    assert [f["id"] for f in findings] == ["early-exit.degenerate"] and findings[0]["severity"] == "error"
+
+    # A calibrated policy on informative confidences is not flagged.
+    cal = synthetic_records(60, seed=2)
+    thresholds = [float(np.quantile(cal.signals["conf"][:, 0], 0.6)), float(np.quantile(cal.signals["conf"][:, 1], 0.5))]
+    from visiondoctor.early_exit.analysis import exit_statistics
+
+    assert degenerate_findings(exit_statistics(cal, "conf", thresholds, "val")) == []
