@@ -64,7 +64,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    run = _task_module(cfg.task).train(cfg, resume=args.resume)
+    extra = {}
+    if cfg.task == "segmentation":
+        extra = {"loss_file": args.loss_file, "anomaly_class": args.anomaly_class}
+    elif args.loss_file or args.anomaly_class is not None:
+        raise ValueError("--loss-file and --anomaly-class apply to --task segmentation")
+    run = _task_module(cfg.task).train(cfg, resume=args.resume, **extra)
     _print_summary(run)
     return 0
 
@@ -125,6 +130,17 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     caught = outcome.detected is not None and not outcome.twin_errors
     print(f"{'caught' if caught else 'NOT caught'} in {outcome.seconds:.1f}s")
     return 0 if caught else 1
+
+
+@command("anomaly")
+def cmd_anomaly(args: argparse.Namespace) -> int:
+    from visiondoctor.tasks.anomaly import run_anomaly
+
+    result = run_anomaly(args.run, methods=args.methods, anomaly_class=args.anomaly_class, split=args.split,
+                         max_images=args.max_images)
+    print(f"anomaly scores of {', '.join(result['methods_order'])} on the {result['split']} split: "
+          f"{Path(args.run) / 'anomaly.json'}; report: {Path(args.run) / 'report.html'}")
+    return 0
 
 
 @command("compare")
@@ -225,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (writes runs/<name>/)")
     train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
+    p.add_argument("--loss-file", dest="loss_file", help="segmentation: path.py:fn(outputs, targets) -> loss")
+    p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None,
+                   help="segmentation: a known class held out as the anomaly (never trained on)")
 
     p = sub.add_parser("eval", help="evaluate a run on a split (the whole split by default)")
     p.add_argument("run")
@@ -256,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     zsub.add_parser("list", help="list the cases")
     q = zsub.add_parser("run", help="run one case, broken and healthy")
     q.add_argument("name")
+
+    p = sub.add_parser("anomaly", help="anomaly segmentation scores (MSP, MaxLogit, Energy, SML) and their metrics")
+    p.add_argument("run")
+    p.add_argument("--methods", default="msp,maxlogit,energy,sml")
+    p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-images", dest="max_images", type=int, default=0)
 
     p = sub.add_parser("compare", help="one report comparing several runs on the same data")
     p.add_argument("runs", nargs="+")

@@ -86,7 +86,7 @@ import jinja2
 
 import visiondoctor
 from visiondoctor.report import (analysis_sections, common_sections, detection_sections,  # noqa: F401
-                                 gallery)  # importing them registers the built-in sections
+                                 gallery, segmentation_sections)  # importing them registers the built-in sections
 from visiondoctor.report.formatting import fmt
 from visiondoctor.report.inputs import ReportInputError, cfg, read_config
 from visiondoctor.report.sections import Figure, Paragraph, Section, SectionEntry, registered_sections

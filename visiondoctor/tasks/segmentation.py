@@ -455,8 +455,6 @@ def held_out_class(cats: dict[str, Any]) -> int | None:
 
 
 def build_report_with_sections(run: RunDir) -> None:
-    # segmentation_sections registers its sections on import (until html.py imports it itself)
-    import visiondoctor.report.segmentation_sections  # noqa: F401
     from visiondoctor.report.html import build_report
 
     build_report(run.path)
