@@ -1,0 +1,101 @@
+"""Architectures for comparison: SSD-MobileNetV2-FPNLite and the EfficientDet wrapper train through
+torchvision's contract (losses in train mode, detections in eval mode); speed measurement."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from tiny import SquaresDataset
+from visiondoctor.evaluation.speed import count_params, measure_model
+from visiondoctor.models.registry import available_models, create_model
+
+HAS_EFFDET = importlib.util.find_spec("effdet") is not None
+
+
+def fit_steps(model: torch.nn.Module, size: int, steps: int, lr: float) -> list[float]:
+    """Train on one fixed batch of squares; the total loss of each step."""
+    torch.manual_seed(0)
+    data = SquaresDataset(4, size)
+    images, targets = [d[0] for d in data], [d[1] for d in data]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss_dict = model(images, targets)
+        assert set(loss_dict) == {"classification", "bbox_regression"}
+        total = sum(loss_dict.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(float(total.detach()))
+    return losses
+
+
+def assert_valid_detections(model: torch.nn.Module, num_classes: int, height: int, width: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, height, width), torch.rand(3, height, width)])
+    assert len(out) == 2
+    for det in out:
+        boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
+        assert len(boxes) > 0 and boxes.shape == (len(scores), 4) and labels.shape == scores.shape
+        assert torch.isfinite(boxes).all() and (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+        assert boxes.min() >= 0 and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        assert ((scores >= 0) & (scores <= 1)).all() and ((labels >= 1) & (labels < num_classes)).all()
+
+
+def test_new_architectures_are_registered():
+    assert {"ssd_mobilenet_v2_fpnlite", "efficientdet_d1", "retinanet_resnet50_fpn"} <= set(available_models("detection"))
+
+
+def test_ssd_mobilenet_v2_fpnlite_learns_and_detects():
+    torch.manual_seed(0)
+    model = create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, image_size=64, anchor_scale=2.0)
+    losses = fit_steps(model, 64, steps=8, lr=0.02)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert_valid_detections(model, 3, 50, 70)  # any input size: resized to 64 and mapped back
+
+
+def test_fpnlite_has_five_levels_of_separable_smoothing():
+    model = create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, image_size=128)
+    features = model.backbone(torch.rand(1, 3, 128, 128))
+    assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 2, 1]  # strides 8 ... 128
+    assert all(block[0][0].groups == 128 for block in model.backbone.fpn.layer_blocks)
+
+
+def test_pretrained_detector_weights_are_refused_clearly():
+    with pytest.raises(RuntimeError, match="no COCO-pretrained"):
+        create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, pretrained=True)
+
+
+@pytest.mark.skipif(not HAS_EFFDET, reason="effdet extra not installed")
+def test_efficientdet_d1_learns_and_detects():
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d1", num_classes=3, image_size=128)
+    losses = fit_steps(model, 128, steps=6, lr=0.01)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert_valid_detections(model, 3, 100, 140)
+
+
+@pytest.mark.skipif(not HAS_EFFDET, reason="effdet extra not installed")
+def test_efficientdet_size_must_divide_by_its_coarsest_stride():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        create_model("efficientdet_d1", num_classes=3, image_size=160)
+
+
+def test_efficientdet_without_the_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "effdet", None)  # import effdet now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install visiondoctor\[effdet\]"):
+        create_model("efficientdet_d1", num_classes=3, image_size=128)
+
+
+def test_measure_model_counts_params_and_flops():
+    model = create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, image_size=64)
+    result = measure_model(model, 64, runs=2, warmup=1)
+    assert result["params"] == count_params(model) > 0
+    assert result["latency_ms_median"] > 0 and result["latency_ms_mean"] > 0
+    big = measure_model(create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, image_size=128), 128, runs=1, warmup=0)
+    assert 3 < big["flops"] / result["flops"] < 5  # convolutions scale with the pixel count
