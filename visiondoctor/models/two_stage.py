@@ -19,6 +19,7 @@ eval mode), so the Trainer, the evaluation and the doctor use it like any torchv
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -34,8 +35,15 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from visiondoctor.models.registry import register
 
-BACKBONE_STAGES = ("stem", "layer1", "layer2", "layer3")  # in input order; "stem" = conv1 + bn1
-_STAGE_MODULES = {"stem": ("conv1", "bn1"), "layer1": ("layer1",), "layer2": ("layer2",), "layer3": ("layer3",)}
+BACKBONE_STAGES = ("stem", "layer1", "layer2", "layer3")  # in input order, by stride: 2, 4, 8, 16
+# Where each stage (and each returnable feature map) lives in the torchvision trunks, by module name.
+_TRUNKS = {
+    "resnet18": {"stages": {"stem": ("conv1", "bn1"), "layer1": ("layer1",), "layer2": ("layer2",), "layer3": ("layer3",)},
+                 "outputs": {"layer1": ("layer1", 64), "layer2": ("layer2", 128), "layer3": ("layer3", 256)}},
+    "mobilenet_v3_small": {"stages": {"stem": ("0",), "layer1": ("1",), "layer2": ("2", "3"),
+                                      "layer3": ("4", "5", "6", "7", "8")},
+                           "outputs": {"layer1": ("1", 16), "layer2": ("3", 24), "layer3": ("8", 48)}},
+}
 # torchvision's Faster R-CNN defaults are tuned for 800-px images; counts scale with the image side.
 _REFERENCE_SIDE = 800
 _REFERENCE_COUNTS = {"rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
@@ -54,27 +62,49 @@ def proposal_counts(image_size: int) -> dict[str, int]:
     return counts
 
 
-class ResNetFPN(nn.Module):
-    """resnet18 (weights=None, BatchNorm) up to `last_layer`, with an FPN over `returned_layers`.
+def _trunk(name: str) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
 
-    Returns an OrderedDict of maps "0", "1", ... (finest first) with `out_channels` channels."""
+    if name == "resnet18":
+        return resnet18(weights=None)
+    if name == "mobilenet_v3_small":
+        # torchvision's MobileNetV3 BatchNorm momentum (0.01) is for long ImageNet schedules: over a few hundred
+        # steps from scratch its running statistics stay far from the data and eval-mode outputs are garbage.
+        norm = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+        return mobilenet_v3_small(weights=None, norm_layer=norm).features
+    raise ValueError(f"unknown backbone {name!r}; available: {', '.join(_TRUNKS)}")
 
-    def __init__(self, returned_layers: Sequence[str] = ("layer2", "layer3"), out_channels: int = 96) -> None:
+
+class FPNBackbone(nn.Module):
+    """A torchvision trunk (weights=None, BatchNorm) cut after the last returned stage, with an FPN
+    over the returned stages. Returns an OrderedDict of maps "0", "1", ... (finest first) with
+    `out_channels` channels. Trunks: resnet18 (stride 8/16 maps from layer2/layer3) or
+    mobilenet_v3_small's features (about 20x fewer multiply-adds, for CPU budgets)."""
+
+    def __init__(self, trunk: str = "resnet18", returned_layers: Sequence[str] = ("layer2", "layer3"),
+                 out_channels: int = 96) -> None:
         super().__init__()
-        trunk = resnet18(weights=None)
-        widths = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
-        self.body = IntermediateLayerGetter(trunk, return_layers={name: str(i) for i, name in enumerate(returned_layers)})
-        self.fpn = FeaturePyramidNetwork([widths[n] for n in returned_layers], out_channels)
+        spec = _TRUNKS.get(trunk)
+        if spec is None:
+            raise ValueError(f"unknown backbone {trunk!r}; available: {', '.join(_TRUNKS)}")
+        unknown = [n for n in returned_layers if n not in spec["outputs"]]
+        if unknown:
+            raise ValueError(f"{trunk}: cannot return {unknown}; returnable: {', '.join(spec['outputs'])}")
+        self.trunk_name = trunk
+        self._stages = spec["stages"]
+        outputs = [spec["outputs"][n] for n in returned_layers]
+        self.body = IntermediateLayerGetter(_trunk(trunk), return_layers={m: str(i) for i, (m, _) in enumerate(outputs)})
+        self.fpn = FeaturePyramidNetwork([c for _, c in outputs], out_channels)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return self.fpn(self.body(x))
 
     def stage(self, name: str) -> list[nn.Module]:
-        """The modules of one backbone stage (for freezing / unfreezing)."""
-        if name not in _STAGE_MODULES:
+        """The modules of one backbone stage (for freezing / unfreezing); empty when the trunk was cut before it."""
+        if name not in self._stages:
             raise ValueError(f"unknown backbone stage {name!r}; stages: {', '.join(BACKBONE_STAGES)}")
-        return [getattr(self.body, m) for m in _STAGE_MODULES[name] if hasattr(self.body, m)]
+        return [getattr(self.body, m) for m in self._stages[name] if hasattr(self.body, m)]
 
 
 @torch.no_grad()
@@ -154,6 +184,7 @@ def two_stage_rcnn(
     anchor_sizes: Sequence[Sequence[float]] | None = None,
     aspect_ratios: Sequence[Sequence[float]] | None = None,
     class_agnostic: bool = True,
+    backbone: str = "resnet18",
     returned_layers: Sequence[str] = ("layer2", "layer3"),
     fpn_channels: int = 96,
     representation_size: int = 256,
@@ -166,12 +197,14 @@ def two_stage_rcnn(
     anchor_sizes / aspect_ratios: per feature level (finest first), e.g. from
     `anchor_fit.fit_anchors`; by default sizes (2, 4) x the measured stride of each level and
     ratios (0.5, 1, 2). class_agnostic: one box per RoI (default) or torchvision's 4 x classes.
+    backbone: resnet18 or mobilenet_v3_small (trained from scratch); returned_layers: the
+    stages the FPN reads (layer1/layer2/layer3 = stride 4/8/16, measured).
     `overrides` go to torchvision's FasterRCNN (e.g. rpn_post_nms_top_n_train)."""
     if pretrained or pretrained_backbone:
         raise ValueError("two_stage_rcnn trains from scratch (no pretrained weights are shipped or downloaded); "
                          "set model.pretrained=false model.pretrained_backbone=false")
-    backbone = ResNetFPN(returned_layers, fpn_channels)
-    names, feature_hw, strides = measure_features(backbone, image_size)
+    trunk = FPNBackbone(backbone, returned_layers, fpn_channels)
+    names, feature_hw, strides = measure_features(trunk, image_size)
     if anchor_sizes is None:
         anchor_sizes = [(2 * s, 4 * s) for s in strides]
     if aspect_ratios is None:
@@ -193,7 +226,7 @@ def two_stage_rcnn(
     predictor = (AgnosticBoxPredictor if class_agnostic else FastRCNNPredictor)(representation_size, num_classes)
     settings = {**proposal_counts(image_size), "box_detections_per_img": detections_per_img,
                 "box_score_thresh": score_thresh, **overrides}
-    model = TwoStageDetector(backbone, num_classes=None, min_size=image_size, max_size=image_size,
+    model = TwoStageDetector(trunk, num_classes=None, min_size=image_size, max_size=image_size,
                              rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=box_head,
                              box_predictor=predictor, **settings)
     model.measured_strides = dict(zip(names, strides))
