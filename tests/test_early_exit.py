@@ -256,3 +256,48 @@ def test_degenerate_threshold_is_caught_by_the_doctor():
     from visiondoctor.early_exit.analysis import exit_statistics
 
     assert degenerate_findings(exit_statistics(cal, "conf", thresholds, "val")) == []
+
+
+# ----- the analysis end to end on a tiny run --------------------------------------------------------------
+def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
+    import json
+
+    from visiondoctor.config import config_from_dict, save_config
+    from visiondoctor.data.formats import load_detection
+    from visiondoctor.data.samples import CategoryMap
+    from visiondoctor.data.synth.shapes import generate_shapes
+    from visiondoctor.early_exit.analysis import apply_policy, calibrate_and_analyse
+    from visiondoctor.engine.checkpoint import save_checkpoint
+    from visiondoctor.rundir import RunDir
+
+    data = tmp_path / "data"
+    generate_shapes(data, num_train=2, num_val=8, num_test=6, image_size=SIZE, min_size=8, max_size=30, seed=0)
+    cfg = config_from_dict({"name": "ee", "output_dir": str(tmp_path), "data": {"path": str(data)},
+                            "model": {"name": "ssdlite320_early_exit", "image_size": SIZE,
+                                      "kwargs": {"detections_per_img": 10}}, "train": {"batch_size": 4}})
+    run = RunDir.create(cfg.run_path)
+    save_config(cfg, run.config)
+    category_map = CategoryMap.from_categories(load_detection(data, "auto", "train").categories, True)
+    run.write_json("categories.json", category_map.to_dict())
+    m = create_model("ssdlite320_early_exit", num_classes=category_map.num_classes, image_size=SIZE,
+                     detections_per_img=10)
+    _input_dependent(m)
+    save_checkpoint(run.checkpoints, 1, {"model": m.state_dict(), "step": 1})
+
+    result = calibrate_and_analyse(run.path, max_map_drop=0.05, levels=3, latency_images=2, onnx=False, gallery=3)
+    saved = json.loads((run.path / "early_exit.json").read_text())  # strict JSON: no Infinity
+    assert saved["policy"] == result["policy"] and saved["held_out_split"] == "test"
+    assert len(saved["forced_exit"]["val"]) == len(saved["forced_exit"]["test"]) == 3
+    assert saved["operating_point"]["budget_met"] and saved["operating_point"]["map_drop"] <= 0.05
+    assert len(saved["exit_statistics"]["exit_indices"]) == 8
+    assert {"full", "early_exit"} <= set(saved["latency"]["pytorch"]["measured"])
+    assert saved["latency"]["onnxruntime"] == {"skipped": "disabled"}
+    assert saved["gallery"] and all((run.path / g["file"]).exists() for g in saved["gallery"])
+    assert (run.plots / "early_exit_gallery.png").exists()
+    assert "Early exit" in run.report.read_text(encoding="utf-8")
+    findings = json.loads(run.diagnosis_json.read_text())
+    assert [f for f in findings if f["id"].startswith("early-exit")] == saved["findings"]
+    m.set_policy([math.inf, math.inf])
+    apply_policy(run, m)
+    assert m.signal == saved["policy"]["signal"]
+    assert [None if t == math.inf else pytest.approx(t) for t in m.thresholds] == saved["policy"]["thresholds"]

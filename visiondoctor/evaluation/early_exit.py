@@ -136,9 +136,10 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
-def signal_correlations(records: ExitRecords, ap: np.ndarray | None = None) -> dict[str, Any]:
-    """{"signals": {name: {exit_name: {"vs_ap": rho, "vs_gap": rho}, "mean_vs_gap": rho}}, "chosen": name}
-    over the early exits (see the module docstring)."""
+def signal_correlations(records: ExitRecords, ap: np.ndarray | None = None, default: str | None = None) -> dict[str, Any]:
+    """{"signals": {name: {exit_name: {"vs_ap": rho, "vs_gap": rho}, "mean_vs_gap": rho}}, "chosen": name,
+    "images": n} over the early exits (see the module docstring). When no correlation is defined (e.g.
+    every confidence constant) `default` (else the first signal) is chosen."""
     ap = per_image_ap(records) if ap is None else ap
     full = ap[:, -1]
     table: dict[str, Any] = {}
@@ -148,10 +149,13 @@ def signal_correlations(records: ExitRecords, ap: np.ndarray | None = None) -> d
         for k in range(records.num_exits - 1):
             vs_ap, vs_gap = spearman(conf[:, k], ap[:, k]), spearman(conf[:, k], ap[:, k] - full)
             row[records.exit_names[k]] = {"vs_ap": vs_ap, "vs_gap": vs_gap}
-            gaps.append(-1.0 if vs_gap is None else vs_gap)
+            if vs_gap is not None:
+                gaps.append(vs_gap)
         row["mean_vs_gap"] = float(np.mean(gaps)) if gaps else None
         table[name] = row
-    chosen = max(table, key=lambda n: table[n]["mean_vs_gap"] if table[n]["mean_vs_gap"] is not None else -2.0)
+    defined = [n for n in table if table[n]["mean_vs_gap"] is not None]
+    fallback = default if default in table else next(iter(table))
+    chosen = max(defined, key=lambda n: table[n]["mean_vs_gap"]) if defined else fallback
     return {"signals": table, "chosen": chosen, "images": int(np.isfinite(ap[:, -1]).sum())}
 
 
