@@ -61,3 +61,14 @@ def test_overfit_probe_separates_healthy_from_random_assignment():
     f = check_overfit(broken, 2)
     assert f and f[0].id == "fit.overfit-one-batch" and f[0].severity == "error"
     assert not isinstance(model.proposal_matcher, _RecordingMatcher)
+
+
+def test_overfit_probe_is_inconclusive_while_the_loss_still_falls():
+    from visiondoctor.doctor.overfit import OverfitResult
+
+    falling = [100.0 * 0.98 ** i for i in range(100)]  # 13 % of the start after 100 steps, still dropping
+    result = OverfitResult(100, falling[0], falling[-1], falling[-1], 0.5, "ap50", False, falling)
+    assert check_overfit(result, 4)[0].severity == "warning"
+    stuck = [100.0] * 50 + [60.0 + (i % 3) for i in range(50)]
+    result = OverfitResult(100, stuck[0], stuck[-1], min(stuck), 0.1, "ap50", False, stuck)
+    assert check_overfit(result, 4)[0].severity == "error"

@@ -102,8 +102,7 @@ class Doctor:
         if self._autocast_stack is not None and self._step >= self._autocast_steps:
             self._close_autocast_watch()
         self.monitor.record(self._step, losses, images=images, targets=targets)
-        if self.monitor._recorder is not None:
-            self.monitor._recorder.active = self.monitor._periodic(self._step + 1)
+        self.monitor.prepare_step(self._step + 1)
 
     def findings(self) -> list[Finding]:
         """Static findings, what the monitors found so far, and the autocast coverage of the first step(s)."""

@@ -6,7 +6,6 @@ the numbers themselves are always measured from what those modules output.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -114,6 +113,3 @@ def coder_weights(box_coder: Any) -> tuple[float, float, float, float] | None:
 def top_level(name: str, depth: int = 1) -> str:
     parts = name.split(".")
     return ".".join(parts[:depth]) if parts and parts[0] else "(root)"
-
-
-DEFAULT_CLIP = math.log(1000.0 / 16)

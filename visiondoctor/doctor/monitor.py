@@ -85,13 +85,17 @@ class TrainingMonitor(Callback):
     def _periodic(self, step: int) -> bool:
         return step > 0 and step % self.every == 0
 
+    def prepare_step(self, step: int) -> None:
+        """Before the forward of step `step`: record the matchers' decisions if it is a periodic step."""
+        if self._recorder is not None:
+            self._recorder.active = self._periodic(step)
+
     # ----- Callback hooks ----------------------------------------------------------------------
     def on_train_start(self, state: TrainState) -> None:
         self.attach(self.model if self.model is not None else state.model)
 
     def before_step(self, state: TrainState) -> None:
-        if self._recorder is not None:
-            self._recorder.active = self._periodic(state.step + 1)
+        self.prepare_step(state.step + 1)  # the Trainer increments state.step after the optimizer step
 
     def after_step(self, state: TrainState) -> None:
         # state.step was already incremented; the losses and gradients are those of step `state.step`
@@ -160,10 +164,9 @@ class TrainingMonitor(Callback):
     # ----- results -----------------------------------------------------------------------------
     def findings(self) -> list[Finding]:
         """Everything the monitor can say now (may be called at any time)."""
-        out: list[Finding] = list(self._nonfinite)
-        if self._nonfinite_grad_steps and self._nonfinite_grad_steps < NONFINITE_GRAD_STEPS_ERROR:
-            out = [f if not f.id == "loss.nonfinite" or "gradient" not in f.evidence.get("kind", "")
-                   else Finding(**{**f.to_dict(), "severity": "warning"}) for f in out]
+        occasional = self._nonfinite_grad_steps < NONFINITE_GRAD_STEPS_ERROR  # a GradScaler skips those steps
+        out = [Finding(**{**f.to_dict(), "severity": "warning"}) if occasional and f.evidence.get("kind") != "loss component"
+               else f for f in self._nonfinite]
         out += run_check(loss_checks.loss_balance_findings, self.loss_history, self.window)
         out += run_check(loss_checks.not_learning_findings, self.total_history, self.steps, self.window)
         out += run_check(grad_checks.grad_norm_findings, self.grad_history, self.grad_steps)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from visiondoctor.doctor import hooks, introspect
-from visiondoctor.doctor.model_io import ModelIO, total_loss
+from visiondoctor.doctor.model_io import ModelIO, split_segmentation_outputs, total_loss
 
 
 @dataclass
@@ -149,8 +149,6 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
         obs.losses = {k: float(v.detach()) for k, v in losses.items()}
         _record_ground_truth(obs, targets, transformed.get("out"))
         if "out" in root_out:
-            from visiondoctor.doctor.model_io import split_segmentation_outputs
-
             main, aux = split_segmentation_outputs(root_out["out"])
             obs.train_outputs["out"] = tuple(main.shape)
             if aux is not None:

@@ -2,7 +2,6 @@
 label 0 in background-reserving detectors, empty categories, imbalance, tiny boxes."""
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -191,7 +190,3 @@ def check_targets(targets: Sequence[dict], image_sizes: Sequence[tuple[int, int]
     """All data checks on a batch of torchvision-style targets (boxes xyxy pixels, labels)."""
     table = table_from_targets(targets, image_sizes)
     return check_boxes(table, min_size) + check_label_zero(table.labels, background_label, where="targets")
-
-
-def label_histogram(labels: Sequence[int]) -> dict[int, int]:
-    return dict(Counter(int(v) for v in labels))
