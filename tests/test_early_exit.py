@@ -182,7 +182,7 @@ def synthetic_records(n: int, seed: int) -> policy.ExitRecords:
                               {"conf": conf, "noise": rng.uniform(size=(n, 3))})
 
 
-LATENCY = policy.PathLatency({(k, ran): 30.0 * (k + 1) + 4.0 * sum(ran) for k, ran in policy.PathLatency.paths(3)})
+LATENCY = policy.PathCost({(k, ran): 30.0 * (k + 1) + 4.0 * sum(ran) for k, ran in policy.PathCost.paths(3)})
 TOLERANCE = 0.01  # held-out AP drop may exceed the calibrated one by 1 point (sampling noise of ~150 images)
 
 

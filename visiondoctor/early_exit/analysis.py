@@ -91,7 +91,7 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
     timing_index = held_index if held_index is not None else splits[split]
     timing_images = _images(timing_index, latency_images)
     latency, backends = _measure_runtimes(cpu_model, timing_images, cfg.model.image_size, threads, onnx)
-    eager = policy.PathLatency.from_json(latency["pytorch"]["paths"])
+    eager = policy.PathCost.from_json(latency["pytorch"]["paths"])
 
     points = policy.sweep(cal, signal, eager, levels)
     chosen = policy.calibrate(points, max_map_drop, target_latency_ms)
@@ -100,10 +100,10 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
     _measure_policy(cpu_model, timing_images, chosen.thresholds, latency, backends, threads)
     for runtime in ("pytorch", "onnxruntime"):
         if "paths" in latency.get(runtime, {}):
-            paths = policy.PathLatency.from_json(latency[runtime]["paths"])
+            paths = policy.PathCost.from_json(latency[runtime]["paths"])
             latency[runtime]["predicted"] = {
                 "per_exit_ms": [paths.cost(k, chosen.thresholds) for k in range(model.num_exits)],
-                "policy_ms": paths.expected_ms(policy.assign_exits(cal.signals[signal], chosen.thresholds),
+                "policy_ms": paths.expected(policy.assign_exits(cal.signals[signal], chosen.thresholds),
                                                chosen.thresholds),
                 "full_ms": paths.cost(model.num_exits - 1, [math.inf] * (model.num_exits - 1))}
 
@@ -123,7 +123,8 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
         "held_out": held_result,
         "forced_exit": forced,
         "latency": latency,
-        "flops": _flops(cpu_model, timing_images[0]),
+        "flops": _flops(cpu_model, timing_images[0], chosen.thresholds, exits,
+                        policy.assign_exits(held.signals[signal], chosen.thresholds) if held is not None else None),
         "frontier": {"levels": levels, "points": [p.to_json() for p in points],
                      "pareto": [p.to_json() for p in policy.pareto_front(points)]},
         "exit_statistics": statistics,
@@ -208,7 +209,7 @@ def _measure_runtimes(model: EarlyExitSSDLite, images: list[torch.Tensor], image
         paths, stats = measure_paths(model, images, backend, threads)
         out[runtime] = {"paths": paths.to_json(), "path_stats": {n: s.to_dict() for n, s in stats.items()}}
         log.info("early exit latency (%s): %s", runtime,
-                 ", ".join(f"{path_name(k, ran, model.exit_names)} {ms:.1f} ms" for (k, ran), ms in paths.mean_ms.items()))
+                 ", ".join(f"{path_name(k, ran, model.exit_names)} {ms:.1f} ms" for (k, ran), ms in paths.mean.items()))
     return out, backends
 
 
@@ -225,14 +226,25 @@ def _measure_policy(model: EarlyExitSSDLite, images: list[torch.Tensor], thresho
         entry["measured"]["latency_cut"] = round(1.0 - early / full, 4) if full > 0 else None
 
 
-def _flops(model: EarlyExitSSDLite, image: torch.Tensor) -> dict[str, int] | None:
+def _flops(model: EarlyExitSSDLite, image: torch.Tensor, thresholds: Sequence[float], exits: np.ndarray,
+           held_exits: np.ndarray | None) -> dict[str, Any] | None:
+    """FLOPs of every path, of each exit under the policy, and the policy's mean against the full model's."""
     from visiondoctor.early_exit.latency import path_flops
 
     try:
-        return path_flops(model, image)
+        paths = path_flops(model, image)
     except Exception as exc:  # noqa: BLE001 - an op the counter cannot handle leaves FLOPs unknown
         log.warning("early exit: FLOPs not counted: %s", exc)
         return None
+    e = model.num_exits
+    full = paths.cost(e - 1, [math.inf] * (e - 1))
+    out: dict[str, Any] = {"paths": paths.to_json("flops"), "full": full,
+                           "per_exit": [paths.cost(k, thresholds) for k in range(e)]}
+    for name, routed in (("calibration", exits), ("held_out", held_exits)):
+        if routed is not None:
+            mean = paths.expected(routed, thresholds)
+            out[name] = {"mean": mean, "cut": 1.0 - mean / full if full else None}
+    return out
 
 
 # ----- the doctor ----------------------------------------------------------------------------------------

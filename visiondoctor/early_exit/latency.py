@@ -1,7 +1,7 @@
 """Latency of an early-exit model's paths, in eager PyTorch and in ONNX Runtime.
 
 A path is "leave at exit k after the heads of some earlier exits ran" (a threshold of +inf skips
-an exit's head): `PathLatency.paths(num_exits)` lists them, `measure_paths` times every one of
+an exit's head): `PathCost.paths(num_exits)` lists them, `measure_paths` times every one of
 them per image on the same images, interleaved (visiondoctor.evaluation.latency). Routing,
 default boxes, decoding and NMS are the model's own code in both runtimes; ONNX Runtime runs the
 network pieces — every trunk stage and every exit head is exported as its own graph
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from visiondoctor.evaluation.early_exit import PathLatency
+from visiondoctor.evaluation.early_exit import PathCost
 from visiondoctor.evaluation.latency import LatencyStats, ort_session, time_variants, torch_threads
 from visiondoctor.models.early_exit import EarlyExitSSDLite
 
@@ -42,19 +42,19 @@ def path_name(k: int, ran_before: Sequence[bool], names: Sequence[str]) -> str:
 
 @torch.no_grad()
 def measure_paths(model: EarlyExitSSDLite, images: Sequence[Tensor], backend: Any = None, threads: int | None = 1,
-                  warmup: int = 3) -> tuple[PathLatency, dict[str, LatencyStats]]:
+                  warmup: int = 3) -> tuple[PathCost, dict[str, LatencyStats]]:
     """ms per image (batch 1) of every path, on `images` (float CHW tensors already on the model's device)."""
     e = model.num_exits
     variants: dict[str, Callable[[Tensor], Any]] = {}
     keys = {}
-    for k, ran in PathLatency.paths(e):
+    for k, ran in PathCost.paths(e):
         name = path_name(k, ran, model.exit_names)
         thresholds = path_thresholds(k, ran, e)
         variants[name] = lambda x, t=thresholds: model.detect([x], thresholds=t, backend=backend)
         keys[name] = (k, ran)
     with torch_threads(threads):
         stats = time_variants(variants, list(images), warmup=warmup)
-    latency = PathLatency({keys[n]: s.mean_ms for n, s in stats.items()}, {keys[n]: s.median_ms for n, s in stats.items()})
+    latency = PathCost({keys[n]: s.mean_ms for n, s in stats.items()}, {keys[n]: s.median_ms for n, s in stats.items()})
     return latency, stats
 
 
@@ -70,18 +70,18 @@ def measure_policy(model: EarlyExitSSDLite, images: Sequence[Tensor], thresholds
 
 
 @torch.no_grad()
-def path_flops(model: EarlyExitSSDLite, image: Tensor) -> dict[str, int]:
-    """FLOPs (torch.utils.flop_counter: convolutions and matrix products, 2 per multiply-add; NMS not
-    counted) of leaving at each exit with every earlier head run, on one image."""
+def path_flops(model: EarlyExitSSDLite, image: Tensor) -> PathCost:
+    """FLOPs of every path on one image (torch.utils.flop_counter: convolutions and matrix products,
+    2 per multiply-add; decoding and NMS not counted). Unaffected by machine load, unlike latency."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    out = {}
-    for k in range(model.num_exits):
+    table = {}
+    for k, ran in PathCost.paths(model.num_exits):
         counter = FlopCounterMode(display=False)
         with counter:
-            model.detect([image], thresholds=path_thresholds(k, [True] * k, model.num_exits))
-        out[model.exit_names[k]] = int(counter.get_total_flops())
-    return out
+            model.detect([image], thresholds=path_thresholds(k, ran, model.num_exits))
+        table[(k, ran)] = float(counter.get_total_flops())
+    return PathCost(table, dict(table))
 
 
 class _Stage(nn.Module):

@@ -72,12 +72,15 @@ def _split_columns(data: dict[str, Any]) -> list[str]:
 
 def _comparison_rows(data: dict[str, Any]) -> list[list[Any]]:
     point, held = data.get("operating_point", {}), data.get("held_out") or None
+    flops = data.get("flops") or {}
     full_map = (point.get("map") or 0.0) + (point.get("map_drop") or 0.0)
     rows: list[list[Any]] = [
         ["mAP@[.5:.95] full model", full_map] + ([held.get("full_map")] if held else []),
         ["mAP@[.5:.95] early exit", point.get("map")] + ([held.get("map")] if held else []),
         ["mAP points lost", _points(point.get("map_drop"))] + ([_points(held.get("map_drop"))] if held else []),
         ["predicted latency cut (eager)", _pct(point.get("latency_cut"))] + ([_pct(held.get("latency_cut"))] if held else []),
+        ["FLOPs cut", _pct(flops.get("calibration", {}).get("cut"))]
+        + ([_pct(flops.get("held_out", {}).get("cut"))] if held else []),
         ["exit distribution", _dist(point.get("distribution"), data["exit_names"])]
         + ([_dist(held.get("distribution"), data["exit_names"])] if held else []),
     ]
@@ -89,7 +92,7 @@ def _exit_rows(data: dict[str, Any], names: Sequence[str]) -> list[list[Any]]:
     forced = data.get("forced_exit", {})
     share = data.get("operating_point", {}).get("distribution", [])
     per_exit = data.get("latency", {}).get("pytorch", {}).get("predicted", {}).get("per_exit_ms", [])
-    flops = data.get("flops") or {}
+    flops = (data.get("flops") or {}).get("per_exit") or []
     rows = []
     for k, name in enumerate(names):
         spec = specs[k] if k < len(specs) else {}
@@ -97,7 +100,7 @@ def _exit_rows(data: dict[str, Any], names: Sequence[str]) -> list[list[Any]]:
         rows.append([name, spec.get("branch_feature"), sizes, fmt(spec.get("strides")),
                      *[(m[k] or {}).get("map") if k < len(m) else None for m in forced.values()],
                      _pct(share[k]) if k < len(share) else None, per_exit[k] if k < len(per_exit) else None,
-                     (flops.get(name) or 0) / 1e9 if flops.get(name) else None])
+                     flops[k] / 1e9 if k < len(flops) and flops[k] else None])
     return rows
 
 

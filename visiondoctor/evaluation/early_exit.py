@@ -10,7 +10,7 @@ The policy: image i leaves at the first early exit k with `confidence[i, k] >= t
 last exit) takes the rest. Its accuracy is the COCO mAP@[.5:.95] of the routed predictions (each
 image's detections from the exit it left at, ranked together as COCO does); its cost is the mean
 per-image latency, predicted from the exit distribution and the measured latency of every path
-(leave at exit k, with which earlier heads having run): `PathLatency`.
+(leave at exit k, with which earlier heads having run): `PathCost`.
 
 Calibration (`sweep` + `calibrate`): candidate thresholds per early exit are the confidences that
 let 1/levels, 2/levels, ..., all of the images reaching that exit pass (plus +inf), every
@@ -161,12 +161,12 @@ def signal_correlations(records: ExitRecords, ap: np.ndarray | None = None, defa
 
 # ----- latency ---------------------------------------------------------------------------------------
 @dataclass
-class PathLatency:
-    """Measured ms per image of each path: leave at exit k after the heads of the earlier exits in
-    `ran_before` have run (exits with threshold +inf are skipped). Keys: (k, tuple of bools)."""
+class PathCost:
+    """Measured cost per image (ms, or FLOPs) of each path: leave at exit k after the heads of the
+    earlier exits in `ran_before` have run (exits with threshold +inf are skipped). Keys: (k, tuple of bools)."""
 
-    mean_ms: dict[tuple[int, tuple[bool, ...]], float]
-    median_ms: dict[tuple[int, tuple[bool, ...]], float] = field(default_factory=dict)
+    mean: dict[tuple[int, tuple[bool, ...]], float]
+    median: dict[tuple[int, tuple[bool, ...]], float] = field(default_factory=dict)
 
     @staticmethod
     def paths(num_exits: int) -> list[tuple[int, tuple[bool, ...]]]:
@@ -175,26 +175,26 @@ class PathLatency:
 
     def cost(self, k: int, thresholds: Sequence[float], statistic: str = "mean") -> float:
         ran = tuple(t != math.inf for t in thresholds[:k])
-        table = self.mean_ms if statistic == "mean" else self.median_ms
-        return table[(k, ran)]
+        return (self.mean if statistic == "mean" else self.median)[(k, ran)]
 
-    def expected_ms(self, exits: Sequence[int], thresholds: Sequence[float], statistic: str = "mean") -> float:
-        """Mean per-image latency predicted for images leaving at `exits` under `thresholds`."""
+    def expected(self, exits: Sequence[int], thresholds: Sequence[float], statistic: str = "mean") -> float:
+        """Mean per-image cost predicted for images leaving at `exits` under `thresholds`."""
         exits = np.asarray(exits)
         if exits.size == 0:
             return 0.0
         return float(np.mean([self.cost(int(k), thresholds, statistic) for k in exits]))
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [{"exit": k, "heads_run_before": list(ran), "mean_ms": self.mean_ms[(k, ran)],
-                 "median_ms": self.median_ms.get((k, ran))} for k, ran in sorted(self.mean_ms)]
+    def to_json(self, unit: str = "ms") -> list[dict[str, Any]]:
+        return [{"exit": k, "heads_run_before": list(ran), f"mean_{unit}": self.mean[(k, ran)],
+                 f"median_{unit}": self.median.get((k, ran))} for k, ran in sorted(self.mean)]
 
     @classmethod
-    def from_json(cls, rows: list[dict[str, Any]]) -> "PathLatency":
-        mean = {(int(r["exit"]), tuple(bool(b) for b in r["heads_run_before"])): float(r["mean_ms"]) for r in rows}
-        median = {(int(r["exit"]), tuple(bool(b) for b in r["heads_run_before"])): float(r["median_ms"])
-                  for r in rows if r.get("median_ms") is not None}
-        return cls(mean, median)
+    def from_json(cls, rows: list[dict[str, Any]], unit: str = "ms") -> "PathCost":
+        def key(r: dict[str, Any]) -> tuple[int, tuple[bool, ...]]:
+            return int(r["exit"]), tuple(bool(b) for b in r["heads_run_before"])
+
+        return cls({key(r): float(r[f"mean_{unit}"]) for r in rows},
+                   {key(r): float(r[f"median_{unit}"]) for r in rows if r.get(f"median_{unit}") is not None})
 
 
 # ----- calibration -----------------------------------------------------------------------------------
@@ -226,13 +226,13 @@ def candidate_thresholds(confidences: np.ndarray, levels: int) -> list[float]:
     return [math.inf, *sorted(values, reverse=True)]
 
 
-def sweep(records: ExitRecords, signal: str, latency: PathLatency, levels: int = 10) -> list[OperatingPoint]:
+def sweep(records: ExitRecords, signal: str, latency: PathCost, levels: int = 10) -> list[OperatingPoint]:
     """Every threshold combination of the candidate grid, evaluated on `records` (see module docstring)."""
     conf = records.signals[signal]
     e = records.num_exits
     full_exits = np.full(len(records.image_ids), e - 1)
     full_map = _map(routed_metrics(records, full_exits))
-    full_ms = latency.expected_ms(full_exits, [math.inf] * (e - 1))
+    full_ms = latency.expected(full_exits, [math.inf] * (e - 1))
     grids = [candidate_thresholds(conf[:, k], levels) for k in range(e - 1)]
     cache: dict[bytes, float] = {}
     points = []
@@ -244,7 +244,7 @@ def sweep(records: ExitRecords, signal: str, latency: PathLatency, levels: int =
         key = exits.tobytes()
         if key not in cache:
             cache[key] = _map(routed_metrics(records, exits))
-        ms = latency.expected_ms(exits, thresholds)
+        ms = latency.expected(exits, thresholds)
         points.append(OperatingPoint(list(thresholds), cache[key], full_map - cache[key], ms,
                                      1.0 - ms / full_ms if full_ms > 0 else 0.0, distribution(exits, e)))
     unique: dict[tuple, OperatingPoint] = {}
@@ -284,7 +284,7 @@ def calibrate(points: Sequence[OperatingPoint], max_map_drop: float | None = Non
     return OperatingPoint(**{**asdict(best), "budget_met": False})
 
 
-def evaluate_point(records: ExitRecords, signal: str, thresholds: Sequence[float], latency: PathLatency,
+def evaluate_point(records: ExitRecords, signal: str, thresholds: Sequence[float], latency: PathCost,
                    reference_map: float | None = None) -> dict[str, Any]:
     """A policy on (held-out) records: mAP, drop vs the full model, predicted latency, exit distribution."""
     e = records.num_exits
@@ -292,8 +292,8 @@ def evaluate_point(records: ExitRecords, signal: str, thresholds: Sequence[float
     full_exits = np.full(len(exits), e - 1)
     full_map = reference_map if reference_map is not None else _map(routed_metrics(records, full_exits))
     value = _map(routed_metrics(records, exits))
-    full_ms = latency.expected_ms(full_exits, [math.inf] * (e - 1))
-    ms = latency.expected_ms(exits, thresholds)
+    full_ms = latency.expected(full_exits, [math.inf] * (e - 1))
+    ms = latency.expected(exits, thresholds)
     return {"map": value, "full_map": full_map, "map_drop": full_map - value, "latency_ms": ms,
             "full_latency_ms": full_ms, "latency_cut": 1.0 - ms / full_ms if full_ms > 0 else 0.0,
             "distribution": distribution(exits, e), "images": len(exits)}
