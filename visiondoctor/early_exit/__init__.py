@@ -8,7 +8,7 @@ Where things live:
 - visiondoctor/early_exit/latency.py         the model's paths timed in eager PyTorch and ONNX Runtime; FLOPs
 - visiondoctor/early_exit/analysis.py        `calibrate_and_analyse(run_dir, ...)`: the whole analysis of a run
 - visiondoctor/early_exit/report_sections.py the report's "Early exit" section (from early_exit.json)
-"""
-from visiondoctor.early_exit.analysis import apply_policy, calibrate_and_analyse
 
-__all__ = ["calibrate_and_analyse", "apply_policy"]
+Nothing is imported here, so the report's discovery of report_sections.py stays light; import
+`calibrate_and_analyse` / `apply_policy` from visiondoctor.early_exit.analysis.
+"""
