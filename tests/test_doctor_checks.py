@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from visiondoctor.data.samples import Category, CategoryMap, DetectionIndex, DetectionRecord
@@ -71,27 +70,29 @@ def test_dataset_ids_used_as_labels_hit_label_zero():
 
 # ----- heads ----------------------------------------------------------------------------------------
 
-def test_deeplab_aux_head_mismatch_without_num_classes():
-    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=5, aux_loss=True)
-    model.backbone = nn.Identity()  # heads only, on a small fake feature dict
-    obs = run_probes(_SegHeadsOnly(model), ModelIO("segmentation"), torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)))
+def test_fcn_aux_head_mismatch_without_num_classes():
+    model = _SegHeads(5)
+    obs = run_probes(model, ModelIO("segmentation"), torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)))
     assert ids(heads.check_head_classes(model, obs)) == set()
-    model.aux_classifier[-1] = nn.Conv2d(256, 21, 1)
-    obs = run_probes(_SegHeadsOnly(model), ModelIO("segmentation"), torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)))
+    model.aux_classifier[-1] = nn.Conv2d(8, 21, 1)  # the seed's bug: only classifier[-1] was resized
+    obs = run_probes(model, ModelIO("segmentation"), torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)))
     f = heads.check_head_classes(model, obs)
-    assert f and f[0].where.endswith("aux_classifier") and f[0].evidence == {**f[0].evidence, "outputs": 21, "expected": 5}
+    assert f and f[0].where == "aux_classifier" and f[0].evidence["outputs"] == 21 and f[0].evidence["expected"] == 5
 
 
-class _SegHeadsOnly(nn.Module):
-    """torchvision FCN heads on a 1x1-conv stem (keeps ResNet-50 out of the test)."""
+class _SegHeads(nn.Module):
+    """torchvision's FCN heads (classifier and aux_classifier) on a 1x1-conv stem."""
 
-    def __init__(self, fcn):
+    def __init__(self, num_classes):
         super().__init__()
-        self.stem_out, self.stem_aux = nn.Conv2d(3, 2048, 1), nn.Conv2d(3, 1024, 1)
-        self.classifier, self.aux_classifier = fcn.classifier, fcn.aux_classifier
+        from torchvision.models.segmentation.fcn import FCNHead
+
+        self.stem = nn.Conv2d(3, 32, 1)
+        self.classifier, self.aux_classifier = FCNHead(32, num_classes), FCNHead(32, num_classes)
 
     def forward(self, x):
-        return {"out": self.classifier(self.stem_out(x)), "aux": self.aux_classifier(self.stem_aux(x))}
+        f = self.stem(x)
+        return {"out": self.classifier(f), "aux": self.aux_classifier(f)}
 
 
 def test_class_specific_regression():

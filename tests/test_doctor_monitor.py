@@ -72,3 +72,25 @@ def test_overfit_probe_is_inconclusive_while_the_loss_still_falls():
     stuck = [100.0] * 50 + [60.0 + (i % 3) for i in range(50)]
     result = OverfitResult(100, stuck[0], stuck[-1], min(stuck), 0.1, "ap50", False, stuck)
     assert check_overfit(result, 4)[0].severity == "error"
+
+
+def test_diagnose_end_to_end_names_the_root_cause_first(tmp_path):
+    """Seed 000 end to end: the random assignment is the first error; its symptoms follow, with the score plot."""
+    import json
+
+    from visiondoctor.doctor.diagnose import diagnose
+
+    def factory(num_classes):
+        model = tiny_ssd(num_classes)
+        model.proposal_matcher = RandomMatcher()
+        return model
+
+    torch.manual_seed(0)
+    findings = diagnose(factory, ListDataset(squares(16)), val_data=ListDataset(squares(8, seed=1)), num_classes=3,
+                        steps=30, overfit_steps=60, out_dir=tmp_path)
+    assert findings[0].id == "assignment.low-iou-positives" and findings[0].severity == "error"
+    ids = {f.id for f in findings if f.severity == "error"}
+    assert {"fit.overfit-one-batch", "output.background-collapse"} <= ids
+    collapse = next(f for f in findings if f.id == "output.background-collapse")
+    assert collapse.evidence["plot"] == "plots/doctor_fg_scores.png" and (tmp_path / collapse.evidence["plot"]).exists()
+    assert json.loads((tmp_path / "diagnosis.json").read_text())[0]["id"] == "assignment.low-iou-positives"

@@ -25,9 +25,10 @@ def test_user_detectors_are_diagnosed(spec, tmp_path):
 
 def test_user_segmenter_with_loss_file(tmp_path):
     spec = str(USER / "unet_segmenter.py")
-    data = ListDataset(masks_from_squares(squares(12, seed=0)))
+    kw = dict(size=32, min_side=6, max_side=14)
+    data = ListDataset(masks_from_squares(squares(12, seed=0, **kw)))
     findings = diagnose(load_factory(f"{spec}:build"), data, task="segmentation", num_classes=3,
-                        val_data=ListDataset(masks_from_squares(squares(8, seed=1))),
+                        val_data=ListDataset(masks_from_squares(squares(8, seed=1, **kw))),
                         loss_fn=load_loss(f"{spec}:dice_ce_loss"), steps=20, overfit_steps=60, out_dir=tmp_path)
     assert not [f for f in findings if f.severity == "error" or f.id == "check.failed"], findings
 

@@ -32,6 +32,8 @@ from visiondoctor.doctor.training import collate_for, train_briefly
 from visiondoctor.rundir import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
+SCORE_PLOT = "plots/doctor_fg_scores.png"  # run-dir relative, as the report expects evidence["plot"]
+SCORE_PLOT_IDS = ("output.background-collapse", "output.detections-per-image")
 
 
 class UserCodeError(ValueError):
@@ -126,19 +128,24 @@ def diagnose(model_factory: Callable[..., nn.Module], data: Dataset | Sequence, 
 
     eval_set = val_data if val_data is not None else data
     try:
-        findings += _evaluate(model, io, eval_set, task, threshold, batch_size, num_classes)
+        findings += _evaluate(model, io, eval_set, task, threshold, batch_size, num_classes,
+                              Path(out_dir) if out_dir is not None else None)
     except Exception as exc:  # noqa: BLE001
         findings.append(check_failed("diagnose.evaluate", exc))
 
     findings = sort_findings(dedupe(findings))
     if out_dir is not None:
+        if (Path(out_dir) / SCORE_PLOT).exists():
+            for f in findings:
+                if f.id in SCORE_PLOT_IDS:
+                    f.evidence["plot"] = SCORE_PLOT
         write_diagnosis(findings, Path(out_dir), title)
     return findings
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: str, threshold: float,
-              batch_size: int, num_classes: int | None) -> list[Finding]:
+              batch_size: int, num_classes: int | None, out_dir: Path | None = None) -> list[Finding]:
     """Evaluate on the whole dataset given and run the evaluation checks on the result."""
     collate = collate_for(task)
     device = next(model.parameters()).device
@@ -177,9 +184,25 @@ def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: 
         stats = outputs.measure_detector_outputs(model, first_batch[0], first_batch[1], threshold, io)
         for check in (outputs.check_background_collapse, outputs.check_detections_per_image, outputs.check_regression_range):
             findings += run_check(check, stats)
+        if out_dir is not None and any(f.id in SCORE_PLOT_IDS for f in findings):
+            write_score_plot(stats, out_dir)
     elif conf is not None:
         findings += run_check(evaluation.check_sample_size, conf.compute(total_images=len(dataset)))
     return findings
+
+
+def write_score_plot(stats: outputs.OutputStats, out_dir: Path) -> None:
+    """plots/doctor_fg_scores.png: the foreground-score histogram with the threshold drawn in."""
+    if not stats.fg_histogram:
+        return
+    try:
+        from visiondoctor.report.plots import score_histogram
+    except ImportError:  # matplotlib missing: the numbers are in the evidence anyway
+        return
+    edges = [i / len(stats.fg_histogram) for i in range(len(stats.fg_histogram) + 1)]
+    png = score_histogram(edges, stats.fg_histogram, stats.threshold,
+                          f"Foreground score per {'location' if stats.source != 'detections' else 'detection'}")
+    write_bytes_atomic(out_dir / SCORE_PLOT, png)
 
 
 def write_diagnosis(findings: Sequence[Finding], out_dir: Path, title: str = "Diagnosis") -> tuple[Path, Path]:

@@ -26,6 +26,7 @@ ALL_ANCHORS_FRACTION = 0.5  # more than half the locations above threshold: the 
 REG_BEYOND_WARNING = 0.01
 REG_BEYOND_ERROR = 0.10
 QS = (0.0, 0.01, 0.5, 0.99, 1.0)
+HIST_BINS = 20
 
 
 @dataclass
@@ -41,6 +42,7 @@ class OutputStats:
     auroc: float | None = None  # foreground score of anchors on objects (IoU >= 0.5) vs the others
     reg: dict[str, Any] | None = None
     step: int | None = None
+    fg_histogram: list[int] = field(default_factory=list)  # HIST_BINS counts over [0, 1]
 
     def to_evidence(self) -> dict[str, Any]:
         ev: dict[str, Any] = {"threshold": self.threshold, "source": self.source, "images": self.num_images}
@@ -77,6 +79,10 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float | None:
     ranks = (sums / counts)[inverse]
     u = ranks[: pos.numel()].sum() - pos.numel() * (pos.numel() + 1) / 2
     return float(u / (pos.numel() * neg.numel()))
+
+
+def _histogram(t: torch.Tensor) -> list[int]:
+    return [int(v) for v in torch.histc(t.flatten().float().clamp(0, 1), bins=HIST_BINS, min=0.0, max=1.0)] if t.numel() else []
 
 
 def _quantiles(t: torch.Tensor) -> list[float]:
@@ -117,7 +123,7 @@ def measure_detector_outputs(model: nn.Module, images: Any, targets: Any = None,
         _roi_stats(stats, out["roi"], roi_heads.box_coder)
     else:
         scores = torch.cat([d["scores"].float().cpu() for d in dets]) if dets else torch.zeros(0)
-        stats.fg_quantiles = _quantiles(scores) if scores.numel() else []
+        stats.fg_quantiles, stats.fg_histogram = (_quantiles(scores), _histogram(scores)) if scores.numel() else ([], [])
         stats.per_image_max = [float(d["scores"].max()) if d["scores"].numel() else 0.0 for d in dets]
     return stats
 
@@ -136,7 +142,7 @@ def _dense_stats(stats: OutputStats, head_out: dict, dense: introspect.DensePart
                  transformed: Any, images: Any, targets: Any) -> None:
     fg = _fg_scores(head_out, dense).cpu()  # [N, L]
     stats.source = "dense-head"
-    stats.fg_quantiles = _quantiles(fg)
+    stats.fg_quantiles, stats.fg_histogram = _quantiles(fg), _histogram(fg)
     stats.per_image_max = [float(v) for v in fg.max(-1).values]
     stats.frac_locations_above = float((fg >= stats.threshold).float().mean())
     if not dense.centerness:  # FCOS regresses distances with a linear coder: no clamp range
@@ -163,7 +169,7 @@ def _roi_stats(stats: OutputStats, pred_out: Any, box_coder: Any) -> None:
     prob = torch.softmax(class_logits.float(), -1)
     fg = prob[:, 1:].max(-1).values.cpu()
     stats.source = "roi-head"
-    stats.fg_quantiles = _quantiles(fg)
+    stats.fg_quantiles, stats.fg_histogram = _quantiles(fg), _histogram(fg)
     stats.frac_locations_above = float((fg >= stats.threshold).float().mean()) if fg.numel() else None
     stats.reg = _regression_stats(box_regression.float().reshape(box_regression.shape[0], -1, 4).cpu(), box_coder, fg)
 
