@@ -109,6 +109,9 @@ def test_class_specific_regression():
     assert heads.check_class_specific_regression(nn.ModuleDict({"p": FastRCNNPredictor(64, 11)}), 11)[0].severity == "info"
     agnostic = nn.ModuleDict({"cls_score": nn.Linear(64, 11), "bbox_pred": nn.Linear(64, 4)})
     assert heads.check_class_specific_regression(agnostic, 11) == []
+    from torchvision.models.detection.rpn import RPNHead
+
+    assert heads.check_class_specific_regression(nn.ModuleDict({"rpn": RPNHead(32, 3)}), 4) == []  # 3 anchors, not classes
 
 
 # ----- anchors --------------------------------------------------------------------------------------

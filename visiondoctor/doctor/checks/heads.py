@@ -79,15 +79,15 @@ def check_head_classes(model: nn.Module, obs: Observation, num_classes: int | No
 
 
 def _layer_io(m: nn.Module) -> tuple[int, int] | None:
+    # Linear layers only: in a dense conv head, objectness per anchor (A outputs) beside 4 x A box deltas looks
+    # exactly like "4 x classes" (torchvision's RPNHead), so convolutions cannot be told apart by their sizes.
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features
-    if isinstance(m, nn.Conv2d):
-        return m.in_channels, m.out_channels
     return None
 
 
 def check_class_specific_regression(model: nn.Module, num_classes: int | None = None) -> list[Finding]:
-    """head.class-specific-regression: a box layer with 4 x (classes) outputs beside a classifier layer of
+    """head.class-specific-regression: a linear box layer with 4 x (classes) outputs beside a linear classifier of
     (classes) outputs taking the same input — the Fast R-CNN predictor pattern."""
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
