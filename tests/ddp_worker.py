@@ -84,10 +84,17 @@ def run(out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(small_cnn(), data, cfg, loss_fn=mse_loss, evaluate_fn=evaluate, callbacks=[recorder],
                       run_dir=out / "run")
+    torch.manual_seed(1000 + dist_utils.rank())  # each rank its own random stream (as augmentations make them)
     result = trainer.fit()
+    rng_at_end = torch.get_rng_state()
+    dist_utils.barrier()  # rank 0 has written the last checkpoint
+    resumed = Trainer(small_cnn(), data, cfg, loss_fn=mse_loss, run_dir=out / "run")
+    torch.manual_seed(7)
+    resumed.resume()
     record = {"rank": dist_utils.rank(), "world": dist_utils.world_size(), "steps": result.steps,
               "batches": recorder.batches, "eval_calls": len(eval_calls), "metrics_seen": recorder.metrics,
-              "history": result.history}
+              "history": result.history, "resumed_step": resumed.state.step,
+              "resumed_own_random_state": torch.equal(torch.get_rng_state(), rng_at_end)}
     (out / f"rank{dist_utils.rank()}.json").write_text(json.dumps(record))
     if dist_utils.is_main():
         torch.save(trainer.model.state_dict(), out / "weights.pt")

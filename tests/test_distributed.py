@@ -118,6 +118,10 @@ def test_two_processes_reproduce_one_process_exactly(tmp_path):
     for r1, r2 in zip(*train_rows):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=EXACT_RTOL)
 
+    # a resumed rank continues its own random stream, not rank 0's
+    assert rank0["resumed_step"] == rank1["resumed_step"] == single["steps"]
+    assert rank0["resumed_own_random_state"] and rank1["resumed_own_random_state"] and single["resumed_own_random_state"]
+
     # evaluation ran on rank 0 only; rank 1 received the same metrics
     assert rank1["eval_calls"] == 0 and rank0["eval_calls"] == single["eval_calls"] == ddp_worker.EPOCHS
     assert rank1["metrics_seen"] == rank0["metrics_seen"]
