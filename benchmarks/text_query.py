@@ -1,6 +1,6 @@
 """The seed's inconsistent scoring against the consistent one, on the same data and budget.
 
-    python benchmarks/text_query.py [--steps 600] [--batch 8] [--threads 2] [--out runs/bench_text_query]
+    python benchmarks/text_query.py [--steps 600] [--batch 8] [--threads 1] [--out runs/bench_text_query]
 
 Trains the text-query dense detector twice from the same seed on the same synthetic shapes
 (128 px, class names as queries): once with the seed's scoring (score = CAM confidence; box
@@ -38,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ov-images", type=int, default=100, help="images of the open-vocabulary test set")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--encoder", default="auto", choices=("auto", "minilm", "hashed"))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; more than 1 only on an idle machine (OpenMP threads spin-wait when cores are shared)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_text_query")
     return p.parse_args()

@@ -152,12 +152,13 @@ class TextQueryDetector(nn.Module):
         tower = self.box_tower(features)  # (B, C, H, W)
         gamma, beta = self.film(text).chunk(2, dim=1)  # (Q, C) each
         conditioned = F.relu(tower[:, None] * (1 + gamma[None, :, :, None, None]) + beta[None, :, :, None, None])
-        raw = self.box_out(conditioned.reshape(b * q, c, h, w)).reshape(b, q, 5, h * w)
+        # float32 from here on: boxes, IoUs and the losses are not for half precision (autocast on GPU)
+        raw = self.box_out(conditioned.reshape(b * q, c, h, w)).reshape(b, q, 5, h * w).float()
         distances = raw[:, :, :4].clamp(max=8.0).exp() * self.stride  # (B, Q, 4, HW) pixels
         centres = location_centres(h, w, self.stride, features.device)  # (HW, 2)
         xy = centres.t()[None, None]  # (1, 1, 2, HW)
         boxes = torch.cat([xy - distances[:, :, :2], xy + distances[:, :, 2:]], dim=2).permute(0, 1, 3, 2)
-        return {"sim_logits": sim_logits.reshape(b, q, h * w), "boxes": boxes,
+        return {"sim_logits": sim_logits.reshape(b, q, h * w).float(), "boxes": boxes,
                 "quality_logits": raw[:, :, 4], "centres": centres, "grid": (h, w)}
 
     def forward(self, images: Sequence[torch.Tensor] | torch.Tensor, targets: list[dict] | None = None,
