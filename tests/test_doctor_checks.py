@@ -237,3 +237,17 @@ def test_findings_from_a_run_directory(tmp_path):
     assert found["eval.sample-bias"].evidence["evaluated_images"] == 10
     assert found["output.background-collapse"].severity == "warning"
     assert run_findings(tmp_path / "missing") == []
+
+
+def test_regression_beyond_the_box_coder_range():
+    model = tiny_ssd(3)
+    images, targets = batch(squares(2))
+    stats = outputs.measure_detector_outputs(model, images, targets, 0.5)
+    assert stats.reg["fraction_beyond_clip"] == 0.0 and outputs.check_regression_range(stats) == []
+    with torch.no_grad():
+        for conv in model.head.regression_head.module_list:
+            conv.bias.fill_(300.0)  # seed 000: deltas of 175-379 where -2..2 is normal
+    stats = outputs.measure_detector_outputs(model, images, targets, 0.5)
+    f = outputs.check_regression_range(stats)
+    assert f[0].severity == "error" and f[0].evidence["fraction_beyond_clip"] == 1.0
+    assert f[0].evidence["coder_weights"] == [10.0, 10.0, 5.0, 5.0]

@@ -94,3 +94,15 @@ def test_diagnose_end_to_end_names_the_root_cause_first(tmp_path):
     collapse = next(f for f in findings if f.id == "output.background-collapse")
     assert collapse.evidence["plot"] == "plots/doctor_fg_scores.png" and (tmp_path / collapse.evidence["plot"]).exists()
     assert json.loads((tmp_path / "diagnosis.json").read_text())[0]["id"] == "assignment.low-iou-positives"
+
+
+def test_monitor_summary_of_a_healthy_run():
+    torch.manual_seed(0)
+    model = tiny_ssd(3)
+    monitor = TrainingMonitor(every=5, min_steps_for_outputs=5)
+    train_briefly(model, ListDataset(squares(8)), ModelIO(), steps=10, batch_size=4, callbacks=[monitor])
+    summary = monitor.summary()
+    matcher = summary["matchers"]["proposal_matcher"]
+    assert summary["steps"] == 10 and matcher["images"] == 8  # steps 5 and 10, 4 images each
+    assert matcher["positive_iou_quantiles_10_50_90"][1] >= 0.5  # SSDMatcher: positives overlap their box
+    assert summary["outputs"]["step"] == 10

@@ -162,6 +162,26 @@ class TrainingMonitor(Callback):
             self._errors.append(check_failed("monitor.measure_outputs", exc))
 
     # ----- results -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What the monitor measured, for a report: last loss components, last gradient norm per module,
+        positives per image and their IoU per matcher, the last output statistics."""
+        out: dict[str, Any] = {"steps": len(self.steps),
+                               "last_losses": {k: v[-1] for k, v in self.loss_history.items() if v},
+                               "last_grad_norms": {k: v[-1] for k, v in self.grad_history.items() if v}}
+        matchers = {}
+        for where, stats in self.matches.items():
+            ious = torch.cat([s.positive_ious for s in stats]) if stats else torch.zeros(0)
+            images = [s for s in stats if s.num_gt > 0]
+            matchers[where] = {
+                "images": len(images),
+                "positives_per_image": round(sum(s.positive_ious.numel() for s in images) / max(1, len(images)), 2),
+                "positive_iou_quantiles_10_50_90": ([round(float(q), 3) for q in torch.quantile(ious, torch.tensor([0.1, 0.5, 0.9]))]
+                                                    if ious.numel() else [])}
+        out["matchers"] = matchers
+        if self.output_stats:
+            out["outputs"] = self.output_stats[-1].to_evidence()
+        return out
+
     def findings(self) -> list[Finding]:
         """Everything the monitor can say now (may be called at any time)."""
         occasional = self._nonfinite_grad_steps < NONFINITE_GRAD_STEPS_ERROR  # a GradScaler skips those steps
