@@ -76,7 +76,8 @@ def build(factory: Callable[..., nn.Module], num_classes: int | None) -> nn.Modu
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    model = factory(num_classes=num_classes) if num_classes is not None and "num_classes" in params else factory()
+    takes = "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    model = factory(num_classes=num_classes) if num_classes is not None and takes else factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"the model factory returned {type(model).__name__}, not an nn.Module")
     return model

@@ -177,11 +177,17 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
 def _record_ground_truth(obs: Observation, targets: Any, transformed: Any) -> None:
     if obs.task != "detection":
         return
-    tgt = targets
+    def read(tgt: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return ([torch.as_tensor(t["boxes"]).detach().float().reshape(-1, 4).cpu() for t in tgt],
+                [torch.as_tensor(t["labels"]).detach().cpu() for t in tgt])
+
     if isinstance(transformed, tuple) and len(transformed) == 2 and transformed[1] is not None:
-        tgt = transformed[1]  # torchvision GeneralizedRCNNTransform: (ImageList, resized targets)
-    obs.gt_boxes = [t["boxes"].detach().float().reshape(-1, 4).cpu() for t in tgt]
-    obs.gt_labels = [t["labels"].detach().cpu() for t in tgt]
+        try:  # torchvision GeneralizedRCNNTransform: (ImageList, resized targets), the frame the anchors live in
+            obs.gt_boxes, obs.gt_labels = read(transformed[1])
+            return
+        except (TypeError, KeyError, IndexError):  # a user's `transform` attribute of another kind
+            pass
+    obs.gt_boxes, obs.gt_labels = read(targets)
 
 
 def _autocast_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: Observation, device: torch.device) -> None:
