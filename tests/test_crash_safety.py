@@ -57,6 +57,7 @@ def assert_same_final_state(run: Path, reference_state: dict) -> None:
     assert [r["epoch"] for r in train_rows] == list(range(1, EPOCHS + 1))  # one row per epoch, none repeated
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_completes_the_run(reference, caplog):
     out, reference_state = reference
     run = out / "killed"
@@ -86,6 +87,7 @@ def test_sigkill_mid_epoch_then_resume_completes_the_run(reference, caplog):
     assert (run / "metrics.json").exists() and (run / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_corrupted_last_checkpoint_resumes_from_the_previous_one(reference, caplog):
     # (a truncated file is caught by the same checksum: tests/test_engine.py)
     out, reference_state = reference

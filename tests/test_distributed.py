@@ -96,6 +96,7 @@ def test_a_rank_other_than_0_writes_nothing(tmp_path, monkeypatch):
 
 
 # ----- 2 processes with torchrun -----------------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_reproduce_one_process_exactly(tmp_path):
     single = ddp_worker.run(tmp_path / "one")
     torchrun(["-m", "tests.ddp_worker", str(tmp_path / "two")], cwd=REPO)
@@ -147,6 +148,7 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_torchrun_train_matches_one_process_within_tolerance(tmp_path):
     from visiondoctor.cli import main
 

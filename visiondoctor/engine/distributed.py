@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -31,13 +32,16 @@ def is_distributed() -> bool:
 def init() -> None:
     """Start the process group when launched by torchrun (gloo on CPU, NCCL on GPU).
 
-    Ranks other than 0 then log errors only: every rank reads the same data and would repeat
-    each warning N times; rank 0 speaks for all of them."""
+    The other ranks wait in a collective while rank 0 evaluates and writes the report, which
+    can outlast PyTorch's default timeout (10 min for NCCL), so the timeout is
+    VISIONDOCTOR_DIST_TIMEOUT_MIN minutes (default 60). Ranks other than 0 then log errors
+    only: every rank reads the same data and would repeat each warning N times."""
     if is_distributed() and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend=backend)
+        minutes = float(os.environ.get("VISIONDOCTOR_DIST_TIMEOUT_MIN", "60"))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
         atexit.register(cleanup)
         if not is_main():
             logging.getLogger().setLevel(logging.ERROR)
