@@ -67,11 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=None, help="zoo cases (default: all)")
     parser.add_argument("--no-ssdlite", action="store_true")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is for 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for ssdlite (the target is for 2 cores)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # the zoo's models are tiny: one thread is fastest, and kind to a shared machine
     zoo_table(args.cases or sorted(ZOO))
     if not args.no_ssdlite:
+        torch.set_num_threads(args.threads)
         ssdlite_static(args.threads)
 
 
