@@ -199,6 +199,11 @@ def _print_findings(findings: list[dict]) -> None:
 def _print_summary(run) -> None:
     import json
 
+    from visiondoctor.engine import distributed
+
+    if not distributed.is_main():
+        return
+
     metrics_file = run.path / "metrics.json"
     if metrics_file.exists():
         _print_metrics(json.loads(metrics_file.read_text()))
@@ -324,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from visiondoctor.errors import USER_ERRORS
 
+    from visiondoctor.safety import forbid_unpickling
+
     try:
-        return COMMANDS[args.command](args)
+        with forbid_unpickling():  # pretrained weights and checkpoints: tensors only, never pickled objects
+            return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         if args.verbose:
             console.print_exception()

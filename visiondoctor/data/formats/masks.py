@@ -89,7 +89,7 @@ def inspect_mask(
         arr, mode = load_mask_array(mask_path)
     except DataError as exc:
         return [Problem(name, record, str(exc).split(": ", 1)[-1], "refused")], None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         return [Problem(name, record, f"unreadable mask: {exc}", "refused")], None
     problems: list[Problem] = []
     if mode in ("RGB", "RGBA"):
@@ -116,7 +116,7 @@ def _image_size(path: Path, record: str) -> tuple[tuple[int, int] | None, Proble
     try:
         with Image.open(path) as im:
             return im.size, None
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         return None, Problem(str(path), record, f"unreadable image: {exc}", "refused")
 
 
