@@ -107,6 +107,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from visiondoctor.doctor.diagnose import diagnose_cli
 
+    if args.run:  # a run directory: its resolved config is the starting point
+        args.config = str(Path(args.run) / "config.yaml")
     findings = diagnose_cli(args)
     _print_findings([f.to_dict() for f in findings])
     return 0
@@ -267,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagnose", help="static/probe checks, a monitored short training, the overfit-one-batch "
                                         "probe and an evaluation, on your own model or one of ours")
+    p.add_argument("run", nargs="?", help="a run directory: diagnose its config's model and data")
     p.add_argument("--model-file", dest="model_file",
-                   help="path.py:factory returning an nn.Module (torchvision conventions); executed because you name it")
+                   help="path.py:factory returning an nn.Module (torchvision conventions); executed because you name it;"
+                        " default: the config's model.name")
     p.add_argument("--loss-file", dest="loss_file", help="path.py:fn(outputs, targets) -> loss (segmentation)")
     p.add_argument("--config", help="YAML config (data, task, model); the same format as train")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")

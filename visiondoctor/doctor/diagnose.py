@@ -221,16 +221,28 @@ def write_diagnosis(findings: Sequence[Finding], out_dir: Path, title: str = "Di
     return json_path, md_path
 
 
+def registry_factory(cfg: Any) -> Callable[..., nn.Module]:
+    """The config's own model (model.name in the registry) as a factory taking num_classes."""
+    from visiondoctor.models.registry import create_model
+
+    def factory(num_classes: int) -> nn.Module:
+        return create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
+                            pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone,
+                            **cfg.model.kwargs)
+
+    return factory
+
+
 def diagnose_cli(args: Any) -> list[Finding]:
     """What `visiondoctor diagnose --model-file x.py:factory [--loss-file y.py:fn]` calls.
 
-    Reads from `args` (an argparse Namespace): model_file (required), loss_file, config (YAML path or None),
+    Reads from `args` (an argparse Namespace): model_file (None: the config's registered model), loss_file, config (YAML path or None),
     set (list of KEY=VALUE overrides or None), steps (int or None), output_dir / out (folder for the diagnosis;
     default runs/<name>-diagnosis). The data come from the config (data.path or data.synth) like `train`."""
     from visiondoctor.config import load_config
 
     cfg = load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
-    factory = load_factory(args.model_file)
+    factory = load_factory(args.model_file) if getattr(args, "model_file", None) else registry_factory(cfg)
     loss_fn = load_loss(args.loss_file) if getattr(args, "loss_file", None) else None
     steps = int(getattr(args, "steps", None) or 100)
     out = getattr(args, "output_dir", None) or getattr(args, "out", None) or str(Path(cfg.output_dir) / f"{cfg.name}-diagnosis")

@@ -271,12 +271,6 @@ def build_report(run: RunDir) -> Path:
 
 def read_history(run: RunDir) -> list[dict[str, Any]]:
     """history.csv as rows of numbers (and the split name)."""
-    import csv
+    from visiondoctor.doctor.from_run import read_history as read_history_csv
 
-    if not run.history.exists():
-        return []
-    rows = []
-    with open(run.history, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            rows.append({k: (v if k == "split" else float(v)) for k, v in row.items() if v not in ("", None)})
-    return rows
+    return read_history_csv(run.history)

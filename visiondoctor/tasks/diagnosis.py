@@ -54,38 +54,19 @@ class RunDiagnosis:
 
     def after_evaluation(self, run: RunDir, metric_key: str) -> list[dict[str, Any]]:
         """Add the monitor's and the evaluation checks' findings; write diagnosis.json and .md."""
-        from visiondoctor.doctor.checks.consistency import error_breakdown_findings, score_iou_findings
-        from visiondoctor.doctor.checks.evaluation import check_generalization_gap, check_sample_size
-        from visiondoctor.report.markdown import diagnosis_markdown
-        from visiondoctor.tasks.detection import read_history
+        from visiondoctor.doctor.diagnose import write_diagnosis
+        from visiondoctor.doctor.from_run import run_findings
 
         findings = list(self.findings)
         if self.monitor is not None:
             findings += self.monitor.findings()
-        metrics = _read(run, "metrics.json") or {}
-        checks = [
-            ("evaluation.sample_size", lambda: check_sample_size(metrics, metric_key)),
-            ("evaluation.generalization_gap", lambda: check_generalization_gap(read_history(run), "loss", metric_key)),
-        ]
-        consistency, errors = _read(run, "consistency.json"), _read(run, "errors.json")
-        if consistency:
-            checks.append(("consistency.score_iou", lambda: score_iou_findings(consistency)))
-        if errors:
-            checks.append(("consistency.error_breakdown", lambda: error_breakdown_findings(errors)))
-        for name, check in checks:
-            try:
-                findings += check()
-            except Exception as exc:
-                findings.append(check_failed(name, exc))
-        result = [f.to_dict() for f in sort_findings(dedupe(findings))]
-        run.write_json("diagnosis.json", result)
-        run.diagnosis_md.write_text(diagnosis_markdown(result, f"Diagnosis of {run.path.name}"), encoding="utf-8")
-        return result
-
-
-def _read(run: RunDir, name: str) -> Any:
-    path = run.path / name
-    return run.read_json(name) if path.exists() else None
+        try:
+            findings += run_findings(run.path, metric_key)
+        except Exception as exc:
+            findings.append(check_failed("from_run.run_findings", exc))
+        result = sort_findings(dedupe(findings))
+        write_diagnosis(result, run.path, f"Diagnosis of {run.path.name}")
+        return [f.to_dict() for f in result]
 
 
 def data_findings(index: Any, category_map: Any, background_label: bool) -> list[Finding]:
