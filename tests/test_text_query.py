@@ -136,12 +136,15 @@ def test_quality_target_is_the_iou_of_each_location_s_own_box():
     pred[0, 6] = gt[0]
     pred[0, 5] = torch.tensor([2.0, 2.0, 16.0, 22.0])  # a positive with half the box: IoU 0.5
     pred[0, 15] = torch.tensor([2.0, 2.0, 30.0, 12.0])  # a negative (row 3) whose box still overlaps: IoU 0.5
+    pred[1, 6] = gt[0]  # query 1 (no object of its class) predicts the object's box there too
     a = assign_positives(pred, location_centres(*GRID, STRIDE), GRID, gt, torch.tensor([0]), radius=1)
-    t = quality_targets(pred, gt, torch.tensor([0]), a)
-    assert not a.positive[0, 15] and a.positive[0, 5]
-    assert t[0, 6] == pytest.approx(1.0) and t[0, 5] == pytest.approx(0.5) and t[0, 15] == pytest.approx(0.5)
-    assert float(t[0, 12]) == pytest.approx(0.0, abs=1e-6)  # tiny box far from the object
-    assert float(t[1].abs().max()) == 0.0  # query 1 has no object of its class
+    for same_class in (False, True):
+        t = quality_targets(pred, gt, torch.tensor([0]), a, same_class=same_class)
+        assert not a.positive[0, 15] and a.positive[0, 5]
+        assert t[0, 6] == pytest.approx(1.0) and t[0, 5] == pytest.approx(0.5) and t[0, 15] == pytest.approx(0.5)
+        assert float(t[0, 12]) == pytest.approx(0.0, abs=1e-6)  # tiny box far from the object
+    assert float(quality_targets(pred, gt, torch.tensor([0]), a)[1, 6]) == pytest.approx(1.0)  # a good box is good
+    assert float(t[1].abs().max()) == 0.0  # same_class: query 1 has no object of its class
     empty = quality_targets(pred, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
                             assign_positives(pred, location_centres(*GRID, STRIDE), GRID, torch.zeros(0, 4),
                                              torch.zeros(0, dtype=torch.long)))

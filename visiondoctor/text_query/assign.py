@@ -12,8 +12,8 @@ cells of it. Two changes, each fixing a defect of the seed:
 A location claimed by two boxes of the same query goes to the smaller box (as in FCOS).
 
 `quality_targets` is the supervision that makes inference agree with training: the IoU of the
-box each location actually predicts with the ground truth of the query's class, at every
-location, not only at positives (see loss.py).
+box each location actually predicts with the ground truth, at every location, not only at
+positives (see loss.py).
 """
 from __future__ import annotations
 
@@ -83,16 +83,23 @@ def assign_positives(pred_boxes: torch.Tensor, centres: torch.Tensor, grid: tupl
 
 
 def quality_targets(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                    assignment: Assignment) -> torch.Tensor:
+                    assignment: Assignment, same_class: bool = False) -> torch.Tensor:
     """(Q, HW) box-quality targets for one image: at a positive, the IoU of its predicted box with
-    the matched ground truth; elsewhere, the best IoU of its predicted box with any ground truth
-    of the query's class (0 when the image has none)."""
+    the matched ground truth; elsewhere, the best IoU of its predicted box with any ground-truth
+    box (`same_class`: only with boxes of the query's class; 0 when the image has none).
+
+    Any class by default: the quality then estimates how well the box fits *an* object, and the
+    similarity which object it is, so neither branch has to learn the other's job (as
+    IoU-aware and centre-ness branches are class-agnostic in FCOS-style detectors)."""
     num_queries, num_locations = pred_boxes.shape[:2]
     if len(gt_boxes) == 0:
         return pred_boxes.new_zeros(num_queries, num_locations)
     ious = box_iou(pred_boxes.reshape(-1, 4), gt_boxes).reshape(num_queries, num_locations, len(gt_boxes))
-    query_ids = torch.arange(num_queries, device=pred_boxes.device)
-    same_class = (gt_labels[None, :] == query_ids[:, None])[:, None, :]  # (Q, 1, N)
-    best = torch.where(same_class, ious, torch.zeros_like(ious)).amax(dim=2)
+    if same_class:
+        query_ids = torch.arange(num_queries, device=pred_boxes.device)
+        same = (gt_labels[None, :] == query_ids[:, None])[:, None, :]  # (Q, 1, N)
+        best = torch.where(same, ious, torch.zeros_like(ious)).amax(dim=2)
+    else:
+        best = ious.amax(dim=2)
     matched_iou = ious.gather(2, assignment.matched.clamp(min=0)[..., None])[..., 0]
     return torch.where(assignment.positive, matched_iou, best)
