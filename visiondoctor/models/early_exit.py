@@ -64,16 +64,20 @@ def _top_k_mean(scores: Tensor, k: int) -> float:
     return float(top.sum()) / k
 
 
+def _certainty(scores: Tensor, floor: float = 0.2) -> float:
+    """How far from 0.5 the least decided detection above `floor` is: min |2s - 1| (0 when one
+    detection sits at 0.5, 1 when all are at 1); 0 when there is no detection above the floor."""
+    considered = scores[scores >= floor]
+    return float((2.0 * considered - 1.0).abs().min()) if considered.numel() else 0.0
+
+
+# Candidate signals, computed from an exit's post-NMS detections; the analysis measures which one
+# tracks the exit's per-image accuracy gap to the full model (evaluation/early_exit.py).
 CONFIDENCE_SIGNALS: dict[str, Callable[[Detections], float]] = {
-    # The most confident detection: high as soon as one object is clear.
-    "max_score": lambda d: float(d["scores"].max()) if d["scores"].numel() else 0.0,
-    # Mean of the top-k scores: high only when several detections are clear.
-    "top3_mean": lambda d: _top_k_mean(d["scores"], 3),
+    "max_score": lambda d: float(d["scores"].max()) if d["scores"].numel() else 0.0,  # one clear object suffices
+    "top3_mean": lambda d: _top_k_mean(d["scores"], 3),  # several clear detections needed
     "top5_mean": lambda d: _top_k_mean(d["scores"], 5),
-    # 1 - the largest ambiguity among the confident-ish detections (score in [0.2, 0.8] is ambiguous):
-    # an image leaves only when its detections are all clearly in or clearly out.
-    "certainty": lambda d: 1.0 - float((1.0 - (2.0 * d["scores"][d["scores"] >= 0.2] - 1.0).abs()).max())
-    if bool((d["scores"] >= 0.2).any()) else 0.0,
+    "certainty": lambda d: _certainty(d["scores"]),  # no half-sure detection
 }
 DEFAULT_SIGNAL = "top3_mean"
 
