@@ -119,21 +119,15 @@ def select_exemplars(index: DetectionIndex, category_ids: Sequence[int], per_cla
     """Image ids of the exemplar memory for `category_ids`: for each class, the `per_class` images
     showing it most often (seeded tie-break), an image counted once however many classes it serves."""
     rng = np.random.default_rng(seed)
+    classes_of = {r.image_id: set(r.category_ids) for r in index.records}
     chosen: list[int] = []
     for c in category_ids:
         candidates = [(r.category_ids.count(c), float(rng.uniform()), r.image_id) for r in index.records
                       if c in r.category_ids and r.image_id not in chosen]
         candidates.sort(key=lambda t: (-t[0], t[1]))
-        have = sum(1 for image_id in chosen if c in _categories_of(index, image_id))
+        have = sum(1 for image_id in chosen if c in classes_of[image_id])
         chosen += [image_id for _, _, image_id in candidates[: max(0, per_class - have)]]
     return chosen
-
-
-def _categories_of(index: DetectionIndex, image_id: int) -> set[int]:
-    for r in index.records:
-        if r.image_id == image_id:
-            return set(r.category_ids)
-    return set()
 
 
 def merge(indexes: Sequence[DetectionIndex]) -> DetectionIndex:

@@ -26,9 +26,12 @@ def _curves_png(entries: list[dict[str, Any]], method: str) -> bytes:
     left.set(xlabel="phase", ylabel="mAP@0.5", title=f"AP after each phase ({method})", ylim=(0, 1), xticks=phases)
     left.legend(fontsize=8)
     xs = [e["phase"] for e in entries if e.get("forgetting_ap50") is not None]
-    right.bar(xs, [e["forgetting_ap50"] for e in entries if e.get("forgetting_ap50") is not None], color="#c0504d")
+    ys = [e["forgetting_ap50"] for e in entries if e.get("forgetting_ap50") is not None]
+    right.bar(xs, ys, color="#c0504d")
     right.axhline(0, color="black", linewidth=0.8)
-    right.set(xlabel="phase", ylabel="mean AP@0.5 fall of old classes", title="Forgetting", xticks=phases)
+    # at least +-0.1 AP on the axis, so a tiny fall does not look like a large one
+    right.set(xlabel="phase", ylabel="mean AP@0.5 fall of old classes", title="Forgetting", xticks=phases,
+              ylim=(min([-0.1, *ys]) * 1.1, max([0.1, *ys]) * 1.1))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

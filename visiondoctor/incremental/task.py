@@ -67,6 +67,7 @@ class IncrementalOptions:
     unfreeze: dict[str, int | None] = field(default_factory=lambda: {"stem": None, "layer1": None, "layer2": 2})
     fit_anchors: bool = True  # fit the anchors to phase 0's boxes unless model.kwargs gives anchor_sizes
     reuse_base: str = ""  # a run directory of the same config whose phase 0 (model and results) to reuse
+    report: bool = True  # write report.html at the end (`visiondoctor report RUN` can write it later)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +214,8 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
                 train_index = merge([train_index, restrict(data.train, old_ids, memory)[0]])
 
         entry: dict[str, Any]
+        if t == 0:
+            diagnosis = _diagnose_before(model, cfg, cmap, train_index)
         if t == 0 and options.reuse_base:
             base_entry = _load_base(Path(options.reuse_base), model.to(device), device)
             entry = {**base_entry, "reused_from": options.reuse_base}
@@ -222,10 +225,8 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
             callbacks: list[Any] = []
             if t > 0 and options.unfreeze:
                 callbacks.append(GradualUnfreezing(model, options.unfreeze))
-            if t == 0:
-                diagnosis = _diagnose_before(model, cfg, cmap, train_index)
-                if diagnosis is not None and diagnosis.monitor is not None:
-                    callbacks.append(diagnosis.monitor)
+            if t == 0 and diagnosis is not None and diagnosis.monitor is not None:
+                callbacks.append(diagnosis.monitor)
             train_set = DetectionDataset(train_index, cmap, detection_transforms(True, cfg.train.augment))
             loss_fn = RoIDistillation(teacher, old_outputs=1 + len(old_ids), temperature=options.temperature) \
                 if teacher is not None else default_loss_fn
@@ -277,7 +278,8 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
             diagnosis.after_evaluation(run, "map")
         except Exception as exc:  # noqa: BLE001 — the diagnosis must never lose the phases' results
             log.warning("diagnosis after the phases failed: %s", exc)
-    build_report(run)
+    if options.report:
+        build_report(run)
     return results
 
 
