@@ -85,7 +85,7 @@ def report(run: RunDir, r: dict, trained_s: float, total_s: float) -> None:
     for split in (cal, held):
         row = [m["map"] for m in r["forced_exit"][split]]
         print(f"{'  mAP@[.5:.95] ' + split:40s}" + "".join(f"{v:11.3f}" for v in row))
-    for runtime in ("pytorch", "onnxruntime"):
+    for runtime in ("pytorch", "onnxruntime", "pytorch_cuda"):
         paths = r["latency"].get(runtime, {}).get("paths")
         if paths:
             alone = [next(p["mean_ms"] for p in paths if p["exit"] == k and not any(p["heads_run_before"]))
@@ -99,7 +99,7 @@ def report(run: RunDir, r: dict, trained_s: float, total_s: float) -> None:
     print(f"\n{'on ' + held + ' (held out)':34s}{'full model':>12s}{'early exit':>12s}{'ratio':>8s}")
     _row("mAP@[.5:.95]", test["full_map"], test["map"], ".3f")
     print(f"{'mAP points lost':34s}{'':12s}{100 * test['map_drop']:12.2f}")
-    for runtime in ("pytorch", "onnxruntime"):
+    for runtime in ("pytorch", "onnxruntime", "pytorch_cuda"):
         entry = r["latency"].get(runtime, {})
         if "measured" in entry:
             m = entry["measured"]

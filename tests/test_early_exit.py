@@ -284,7 +284,7 @@ def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
     _input_dependent(m)
     save_checkpoint(run.checkpoints, 1, {"model": m.state_dict(), "step": 1})
 
-    result = calibrate_and_analyse(run.path, max_map_drop=0.05, levels=3, latency_images=2, onnx=False, gallery=3)
+    result = calibrate_and_analyse(run.path, max_map_drop=0.05, levels=3, latency_images=2, onnx=False, gallery=2)
     saved = json.loads((run.path / "early_exit.json").read_text())  # strict JSON: no Infinity
     assert saved["policy"] == result["policy"] and saved["held_out_split"] == "test"
     assert len(saved["forced_exit"]["val"]) == len(saved["forced_exit"]["test"]) == 3

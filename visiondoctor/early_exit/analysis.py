@@ -90,15 +90,15 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
     cpu_model = model.to("cpu").eval()
     timing_index = held_index if held_index is not None else splits[split]
     timing_images = _images(timing_index, latency_images)
-    latency, backends = _measure_runtimes(cpu_model, timing_images, cfg.model.image_size, threads, onnx)
+    latency, runtimes = _measure_runtimes(cpu_model, timing_images, cfg.model.image_size, threads, onnx)
     eager = policy.PathCost.from_json(latency["pytorch"]["paths"])
 
     points = policy.sweep(cal, signal, eager, levels)
     chosen = policy.calibrate(points, max_map_drop, target_latency_ms)
     cpu_model.set_policy(chosen.thresholds, signal)
     held_result = policy.evaluate_point(held, signal, chosen.thresholds, eager) if held is not None else None
-    _measure_policy(cpu_model, timing_images, chosen.thresholds, latency, backends, threads)
-    for runtime in ("pytorch", "onnxruntime"):
+    _measure_policy(chosen.thresholds, signal, latency, runtimes, threads)
+    for runtime in RUNTIMES:
         if "paths" in latency.get(runtime, {}):
             paths = policy.PathCost.from_json(latency[runtime]["paths"])
             latency[runtime]["predicted"] = {
@@ -188,39 +188,50 @@ def _images(index: DetectionIndex, n: int) -> list[torch.Tensor]:
 
 
 # ----- latency -----------------------------------------------------------------------------------------
+Runtime = tuple[EarlyExitSSDLite, list[torch.Tensor], Any]  # (model, images on its device, backend or None)
+RUNTIMES = ("pytorch", "onnxruntime", "pytorch_cuda")
+
+
 def _measure_runtimes(model: EarlyExitSSDLite, images: list[torch.Tensor], image_size: int, threads: int,
-                      onnx: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every path's latency per runtime (eager PyTorch always, ONNX Runtime when it can run), and
-    the backends used (None = eager)."""
+                      onnx: bool) -> tuple[dict[str, Any], dict[str, Runtime]]:
+    """Every path's latency per runtime: eager PyTorch on CPU always, ONNX Runtime (CPU) when it can
+    run, eager PyTorch on CUDA when a GPU is present; and what each runtime runs."""
+    import copy
+
     from visiondoctor.early_exit.latency import OnnxExitBackend, measure_paths, path_name
 
     out: dict[str, Any] = {"device": "cpu", "threads": threads, "images": len(images), "batch_size": 1}
-    backends: dict[str, Any] = {"pytorch": None}
+    runtimes: dict[str, Runtime] = {"pytorch": (model, images, None)}
     if not onnx:
         out["onnxruntime"] = {"skipped": "disabled"}
     elif not onnxruntime_available():
         out["onnxruntime"] = {"skipped": "onnxruntime is not installed (pip install 'visiondoctor[onnx]')"}
     else:
         try:
-            backends["onnxruntime"] = OnnxExitBackend(model, image_size, threads=threads)
+            runtimes["onnxruntime"] = (model, images, OnnxExitBackend(model, image_size, threads=threads))
         except Exception as exc:  # noqa: BLE001 - an export failure skips the runtime, with the reason
             out["onnxruntime"] = {"skipped": f"export failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"}
-    for runtime, backend in backends.items():
-        paths, stats = measure_paths(model, images, backend, threads)
+    if torch.cuda.is_available():
+        gpu = copy.deepcopy(model).to("cuda").eval()
+        runtimes["pytorch_cuda"] = (gpu, [im.to("cuda") for im in images], None)
+        out["cuda_device"] = torch.cuda.get_device_name(0)
+    for runtime, (m, imgs, backend) in runtimes.items():
+        paths, stats = measure_paths(m, imgs, backend, threads)
         out[runtime] = {"paths": paths.to_json(), "path_stats": {n: s.to_dict() for n, s in stats.items()}}
         log.info("early exit latency (%s): %s", runtime,
                  ", ".join(f"{path_name(k, ran, model.exit_names)} {ms:.1f} ms" for (k, ran), ms in paths.mean.items()))
-    return out, backends
+    return out, runtimes
 
 
-def _measure_policy(model: EarlyExitSSDLite, images: list[torch.Tensor], thresholds: Sequence[float],
-                    latency: dict[str, Any], backends: dict[str, Any], threads: int) -> None:
+def _measure_policy(thresholds: Sequence[float], signal: str, latency: dict[str, Any], runtimes: dict[str, Runtime],
+                    threads: int) -> None:
     """The policy end to end against the full model alone, per runtime, on the same images."""
     from visiondoctor.early_exit.latency import measure_policy
 
-    for runtime, backend in backends.items():
+    for runtime, (m, imgs, backend) in runtimes.items():
+        m.set_policy(thresholds, signal)
+        stats = measure_policy(m, imgs, thresholds, backend, threads)
         entry = latency[runtime]
-        stats = measure_policy(model, images, thresholds, backend, threads)
         entry["measured"] = {name: s.to_dict() for name, s in stats.items()}
         full, early = stats["full"].mean_ms, stats["early_exit"].mean_ms
         entry["measured"]["latency_cut"] = round(1.0 - early / full, 4) if full > 0 else None

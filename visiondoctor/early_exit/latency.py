@@ -72,15 +72,25 @@ def measure_policy(model: EarlyExitSSDLite, images: Sequence[Tensor], thresholds
 @torch.no_grad()
 def path_flops(model: EarlyExitSSDLite, image: Tensor) -> PathCost:
     """FLOPs of every path on one image (torch.utils.flop_counter: convolutions and matrix products,
-    2 per multiply-add; decoding and NMS not counted). Unaffected by machine load, unlike latency."""
+    2 per multiply-add). Counted once per trunk stage and per exit head, then summed along each path:
+    decoding and NMS have no such operation, so the sum is the path's count. Unaffected by machine
+    load, unlike latency."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    table = {}
-    for k, ran in PathCost.paths(model.num_exits):
+    def count(fn: Callable[[], Any]) -> tuple[float, Any]:
         counter = FlopCounterMode(display=False)
         with counter:
-            model.detect([image], thresholds=path_thresholds(k, ran, model.num_exits))
-        table[(k, ran)] = float(counter.get_total_flops())
+            out = fn()
+        return float(counter.get_total_flops()), out
+
+    x = model.transform([image])[0].tensors
+    stage, head = [], []
+    for k in range(model.num_exits):
+        flops, x = count(lambda: model.run_stage(k, x))
+        stage.append(flops)
+        head.append(count(lambda: model.run_head(k, x))[0])
+    table = {(k, ran): sum(stage[: k + 1]) + head[k] + sum(h for h, r in zip(head, ran) if r)
+             for k, ran in PathCost.paths(model.num_exits)}
     return PathCost(table, dict(table))
 
 

@@ -13,7 +13,8 @@ from visiondoctor.report.sections import Figure, Heading, Paragraph, Section, Ta
 from visiondoctor.rundir import RunDir
 
 FORCED_COLOURS = ("C2", "C4", "C1", "C5", "C6")
-RUNTIME_NAMES = {"pytorch": "eager PyTorch", "onnxruntime": "ONNX Runtime"}
+RUNTIME_NAMES = {"pytorch": "eager PyTorch (CPU)", "onnxruntime": "ONNX Runtime (CPU)",
+                 "pytorch_cuda": "eager PyTorch (CUDA)"}
 
 
 @register_section(65, title="Early exit", needs=("early_exit.json",))
