@@ -52,6 +52,18 @@ def test_exit_specs_measured_by_probe(model):
         assert s["num_anchors"] == sum(a * h * w for a, (h, w) in zip(s["anchors_per_location"], s["sizes"]))
 
 
+def test_exit_points_are_configurable():
+    m = create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE, exit_points=(4,),
+                     exit_extra_channels=(64,))
+    assert m.exit_names == ["exit1", "full"]
+    spec = m.exit_specs[0]
+    assert spec["channels"] == [40, 64] and spec["strides"] == [8, 16]  # features[4]: 40 channels, stride 8
+    m.eval()
+    assert int(m.detect(_images(1), forced_exit=0)[0]["exit"]) == 0
+    with pytest.raises(ValueError, match="exit_points"):
+        create_model("ssdlite320_early_exit", num_classes=NUM_CLASSES, image_size=SIZE, exit_points=(12, 8))
+
+
 def test_every_exit_gives_valid_detections(model):
     model.eval()
     images = _images(3)
