@@ -83,22 +83,26 @@ def main() -> None:
     data = detection.load_data(cfg)
     device = torch.device("cpu")
 
+    started = time.perf_counter()
     run = detection.train(cfg)
-    ours = json.loads((run.path / "metrics.json").read_text())
+    demo_wall = time.perf_counter() - started
     history = [r for r in detection.read_history(run) if r.get("split") == "train"]
     ours_rate = sum(float(r["images_per_s"]) for r in history) / max(1, len(history))
+    ours_model, _, _ = detection.load_run_model(run, device)
 
     ref_model, ref_rate = reference_loop(cfg, data, minutes)
-    ref = detection.evaluate_model(ref_model, data.val, data.category_map, cfg, device)
 
-    rows = [("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"), ("mAP small", "map_small")]
-    print(f"\nsame model ({cfg.model.name} @ {cfg.model.image_size}px), data, seed, {minutes:g} min budget, "
-          f"whole validation split ({ours['num_images']} images)")
-    print(f"{'':16s}{'reference loop':>16s}{'visiondoctor':>16s}{'ratio':>8s}")
-    for label, key in rows:
-        r, o = ref[key], ours[key]
-        print(f"{label:16s}{r:16.3f}{o:16.3f}{(o / r if r else float('inf')):8.2f}")
-    print(f"{'images/s':16s}{ref_rate:16.1f}{ours_rate:16.1f}{ours_rate / ref_rate:8.2f}")
+    print(f"\nsame model ({cfg.model.name} @ {cfg.model.image_size}px), data, seed, {minutes:g} min training budget; "
+          f"visiondoctor's whole train command (data, training, evaluation, diagnosis, report) took {demo_wall / 60:.1f} min")
+    print(f"{'':22s}{'reference loop':>16s}{'visiondoctor':>16s}{'ratio':>8s}")
+    for split, index in (("val", data.val), ("test", data.test)):
+        ours = detection.evaluate_model(ours_model, index, data.category_map, cfg, device)
+        ref = detection.evaluate_model(ref_model, index, data.category_map, cfg, device)
+        for label, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"), ("mAP small", "map_small")):
+            r, o = ref[key], ours[key]
+            print(f"{split + ' ' + label:22s}{r:16.3f}{o:16.3f}{(o / r if r else float('inf')):8.2f}"
+                  f"   ({ours['num_images']} images)")
+    print(f"{'train images/s':22s}{ref_rate:16.1f}{ours_rate:16.1f}{ours_rate / ref_rate:8.2f}")
 
 
 if __name__ == "__main__":
