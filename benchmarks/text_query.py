@@ -38,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ov-images", type=int, default=100, help="images of the open-vocabulary test set")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--encoder", default="auto", choices=("auto", "minilm", "hashed"))
+    p.add_argument("--quality-target", default="positives", choices=("positives", "any_class", "same_class"),
+                   help="the consistent variant's box-quality target away from positives (assign.quality_targets)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; more than 1 only on an idle machine (OpenMP threads spin-wait when cores are shared)")
     p.add_argument("--seed", type=int, default=0)
@@ -48,7 +50,8 @@ def parse_args() -> argparse.Namespace:
 def run_variant(scoring: str, args: argparse.Namespace) -> tuple[dict, float]:
     from visiondoctor.text_query.task import default_config, train_text_query
 
-    cfg = default_config(name=scoring, output_dir=args.out, scoring=scoring, encoder=args.encoder)
+    cfg = default_config(name=scoring, output_dir=args.out, scoring=scoring, encoder=args.encoder,
+                         loss={"quality_target": args.quality_target})
     steps_per_epoch = max(1, args.train_images // args.batch)  # the Trainer drops the last partial batch
     epochs = math.ceil(args.steps / steps_per_epoch)
     cfg.data = replace(cfg.data, synth_images=args.train_images,
@@ -81,7 +84,8 @@ def main() -> None:
 
     print(f"\nText-query dense detector, shapes 128 px, {args.train_images} train / {args.val_images} val images, "
           f"same seed, {results['seed']['steps']} steps of {args.batch} each, encoder "
-          f"{results['seed']['analysis']['encoder']}, {args.threads} CPU threads")
+          f"{results['seed']['analysis']['encoder']}, {args.threads} CPU threads, consistent quality target "
+          f"{args.quality_target}")
     header = f"{'':34s}{'seed (inconsistent)':>22s}{'consistent':>14s}{'consistent - seed':>20s}"
     print(header)
     print("-" * len(header))

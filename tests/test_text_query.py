@@ -138,13 +138,19 @@ def test_quality_target_is_the_iou_of_each_location_s_own_box():
     pred[0, 15] = torch.tensor([2.0, 2.0, 30.0, 12.0])  # a negative (row 3) whose box still overlaps: IoU 0.5
     pred[1, 6] = gt[0]  # query 1 (no object of its class) predicts the object's box there too
     a = assign_positives(pred, location_centres(*GRID, STRIDE), GRID, gt, torch.tensor([0]), radius=1)
-    for same_class in (False, True):
-        t = quality_targets(pred, gt, torch.tensor([0]), a, same_class=same_class)
-        assert not a.positive[0, 15] and a.positive[0, 5]
-        assert t[0, 6] == pytest.approx(1.0) and t[0, 5] == pytest.approx(0.5) and t[0, 15] == pytest.approx(0.5)
+    assert not a.positive[0, 15] and a.positive[0, 5]
+    targets = {mode: quality_targets(pred, gt, torch.tensor([0]), a, mode)
+               for mode in ("positives", "any_class", "same_class")}
+    for t in targets.values():  # at positives: the IoU the box achieves
+        assert t[0, 6] == pytest.approx(1.0) and t[0, 5] == pytest.approx(0.5)
         assert float(t[0, 12]) == pytest.approx(0.0, abs=1e-6)  # tiny box far from the object
-    assert float(quality_targets(pred, gt, torch.tensor([0]), a)[1, 6]) == pytest.approx(1.0)  # a good box is good
-    assert float(t[1].abs().max()) == 0.0  # same_class: query 1 has no object of its class
+    assert float(targets["positives"][0, 15]) == 0.0  # never regressed: no quality, however it overlaps
+    assert float(targets["positives"][1].abs().max()) == 0.0
+    assert targets["any_class"][0, 15] == pytest.approx(0.5) and targets["same_class"][0, 15] == pytest.approx(0.5)
+    assert targets["any_class"][1, 6] == pytest.approx(1.0)  # a good box for another class's query
+    assert float(targets["same_class"][1].abs().max()) == 0.0  # query 1 has no object of its class
+    with pytest.raises(ValueError, match="expected one of"):
+        quality_targets(pred, gt, torch.tensor([0]), a, "centre")
     empty = quality_targets(pred, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
                             assign_positives(pred, location_centres(*GRID, STRIDE), GRID, torch.zeros(0, 4),
                                              torch.zeros(0, dtype=torch.long)))
@@ -164,6 +170,7 @@ def test_losses_of_the_two_variants_and_quality_gradient_away_from_positives():
     assert all(torch.isfinite(v) for v in losses.values())
     losses["quality"].backward()
     assert float(quality.grad[0, 0, 15].abs()) > 0  # every location learns its box quality, not only positives
+    assert float(quality.grad[0, 1, 15].abs()) > 0
     with pytest.raises(ValueError, match="label outside"):
         text_query_losses(outputs, [{"boxes": target[0]["boxes"], "labels": torch.tensor([7])}], centres, GRID,
                           (32, 32), LossConfig())

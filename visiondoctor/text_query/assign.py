@@ -11,9 +11,9 @@ cells of it. Two changes, each fixing a defect of the seed:
   its place, so every object is learnt from the first step.
 A location claimed by two boxes of the same query goes to the smaller box (as in FCOS).
 
-`quality_targets` is the supervision that makes inference agree with training: the IoU of the
-box each location actually predicts with the ground truth, at every location, not only at
-positives (see loss.py).
+`quality_targets` is the supervision that makes inference agree with training: the IoU each
+positive's box actually achieves, and (by default) 0 wherever training did not regress the
+box, so the score can no longer be high where the box was never learnt (see loss.py).
 """
 from __future__ import annotations
 
@@ -82,24 +82,32 @@ def assign_positives(pred_boxes: torch.Tensor, centres: torch.Tensor, grid: tupl
     return Assignment(positive, matched, anchors)
 
 
-def quality_targets(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                    assignment: Assignment, same_class: bool = False) -> torch.Tensor:
-    """(Q, HW) box-quality targets for one image: at a positive, the IoU of its predicted box with
-    the matched ground truth; elsewhere, the best IoU of its predicted box with any ground-truth
-    box (`same_class`: only with boxes of the query's class; 0 when the image has none).
+QUALITY_TARGETS = ("positives", "any_class", "same_class")
 
-    Any class by default: the quality then estimates how well the box fits *an* object, and the
-    similarity which object it is, so neither branch has to learn the other's job (as
-    IoU-aware and centre-ness branches are class-agnostic in FCOS-style detectors)."""
+
+def quality_targets(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                    assignment: Assignment, mode: str = "positives") -> torch.Tensor:
+    """(Q, HW) box-quality targets for one image. At a positive: the IoU of its predicted box with
+    the matched ground truth. Elsewhere, by `mode`:
+    - `positives`: 0. The score is then high only where training regressed the box and the box
+      came out well, which is exactly what the seed's inference lacked;
+    - `any_class`: the best IoU of the location's box with any ground-truth box (quality as
+      "fits an object", the class left to the similarity);
+    - `same_class`: the best IoU with a ground-truth box of the query's class (0 when none).
+    """
+    if mode not in QUALITY_TARGETS:
+        raise ValueError(f"quality target {mode!r}: expected one of {', '.join(QUALITY_TARGETS)}")
     num_queries, num_locations = pred_boxes.shape[:2]
     if len(gt_boxes) == 0:
         return pred_boxes.new_zeros(num_queries, num_locations)
     ious = box_iou(pred_boxes.reshape(-1, 4), gt_boxes).reshape(num_queries, num_locations, len(gt_boxes))
-    if same_class:
+    if mode == "positives":
+        elsewhere = ious.new_zeros(num_queries, num_locations)
+    elif mode == "same_class":
         query_ids = torch.arange(num_queries, device=pred_boxes.device)
         same = (gt_labels[None, :] == query_ids[:, None])[:, None, :]  # (Q, 1, N)
-        best = torch.where(same, ious, torch.zeros_like(ious)).amax(dim=2)
+        elsewhere = torch.where(same, ious, torch.zeros_like(ious)).amax(dim=2)
     else:
-        best = ious.amax(dim=2)
+        elsewhere = ious.amax(dim=2)
     matched_iou = ious.gather(2, assignment.matched.clamp(min=0)[..., None])[..., 0]
-    return torch.where(assignment.positive, matched_iou, best)
+    return torch.where(assignment.positive, matched_iou, elsewhere)

@@ -4,10 +4,10 @@
   of every (query, location): target 1 at positives, 0 elsewhere.
 - `box_l1` and `box_giou`: L1 on image-normalised xyxy and GIoU loss
   (torchvision.ops.generalized_box_iou_loss), at positives only, as in the seed.
-- `quality` (consistent variant only): the box-quality logit of every (query, location) learns
-  the IoU its own predicted box actually achieves with the best-overlapping object
-  (assign.quality_targets), so the score used at inference knows which boxes are good,
-  including at the locations whose boxes were never regressed. The loss is binary cross-entropy with the soft IoU target, modulated by
+- `quality` (consistent variant only): the box-quality logit of every (query, location) is
+  trained, at every location, to the IoU its own predicted box achieves at a positive and to 0
+  elsewhere (assign.quality_targets; other targets for the negatives selectable), so the score
+  used at inference is low wherever the box is bad or was never regressed. The loss is binary cross-entropy with the soft IoU target, modulated by
   |sigmoid(logit) - target|^beta so the many easy zero-IoU locations do not swamp it (the
   "quality focal loss" of Generalized Focal Loss; torchvision has no such op, so it is the
   two lines below).
@@ -33,7 +33,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     quality_beta: float = 2.0
     train_quality: bool = True  # False = the seed: no box-quality supervision
-    quality_same_class: bool = False  # quality target: IoU with any object (default) or the query's class only
+    quality_target: str = "positives"  # elsewhere than positives: 0 | any_class / same_class IoU (assign.py)
     weight_cls: float = 1.0
     weight_l1: float = 5.0  # DETR's weights for L1 on normalised boxes and GIoU
     weight_giou: float = 2.0
@@ -60,7 +60,7 @@ def text_query_losses(outputs: dict[str, torch.Tensor], targets: list[dict], cen
         assignment = assign_positives(detached, centres, grid, gt_boxes, gt_labels, cfg.radius, cfg.iou_threshold)
         cls_targets[b] = assignment.positive.to(sim.dtype)
         if cfg.train_quality:
-            quality_target[b] = quality_targets(detached, gt_boxes, gt_labels, assignment, cfg.quality_same_class)
+            quality_target[b] = quality_targets(detached, gt_boxes, gt_labels, assignment, cfg.quality_target)
         pred_pos.append(boxes[b][assignment.positive])
         gt_pos.append(gt_boxes[assignment.matched[assignment.positive]])
     pred_pos_t, gt_pos_t = torch.cat(pred_pos), torch.cat(gt_pos)
