@@ -398,6 +398,7 @@ def ssdlite320_early_exit(
     exit_loss_weights: Sequence[float] | None = None,
     freeze_trunk: bool = False,
     signal: str = DEFAULT_SIGNAL,
+    thresholds: Sequence[float | None] | None = None,
     anchor_min_ratio: float = 0.2,
     anchor_max_ratio: float = 0.95,
     score_thresh: float = 0.001,
@@ -413,5 +414,8 @@ def ssdlite320_early_exit(
         num_classes=num_classes, image_size=image_size, pretrained=pretrained,
         pretrained_backbone=pretrained_backbone, anchor_min_ratio=anchor_min_ratio,
         anchor_max_ratio=anchor_max_ratio, score_thresh=score_thresh, detections_per_img=detections_per_img)
-    return EarlyExitSSDLite(full, exit_points, exit_extra_channels, exit_loss_weights, freeze_trunk, signal,
-                            image_size)
+    model = EarlyExitSSDLite(full, exit_points, exit_extra_channels, exit_loss_weights, freeze_trunk, signal,
+                             image_size)
+    if thresholds is not None:
+        model.set_policy([math.inf if t is None else float(t) for t in thresholds])
+    return model
