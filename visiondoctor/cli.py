@@ -88,10 +88,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    from visiondoctor.tasks.predict import predict_path
+    from visiondoctor.tasks.video import predict_media
 
-    out = predict_path(args.run, args.input, args.out, threshold=args.threshold)
-    console.print(f"predictions written to {out}")
+    outputs = predict_media(args.run, args.input, args.out, threshold=args.threshold, runtime=args.runtime)
+    for out in outputs:
+        console.print(f"predictions written to {out}")
+    return 0
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from visiondoctor.tasks.export import export_run
+
+    console.print(f"exported: {export_run(args.run, args.format, args.out, opset=args.opset)}")
+    return 0
+
+
+@command("speed")
+def cmd_speed(args: argparse.Namespace) -> int:
+    from visiondoctor.tasks.speed import measure_run
+
+    console.print(f"latency written to {measure_run(args.run, runs=args.runs, threads=args.threads)}")
     return 0
 
 
@@ -258,11 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", dest="max_images", type=int, default=0,
                    help="evaluate a random subset (the report says so and gives the sample size)")
 
-    p = sub.add_parser("predict", help="run a trained model on an image or a folder")
+    p = sub.add_parser("predict", help="run a trained model on an image, a video, or a folder of them")
     p.add_argument("run")
-    p.add_argument("input", help="an image file or a folder of images")
-    p.add_argument("--out", default=None, help="output folder (default: <run>/predict)")
+    p.add_argument("input", help="an image, a video (.mp4 .mov .avi .mkv ...), or a folder")
+    p.add_argument("--out", default=None, help="output folder, or the annotated video's path (default: <run>/predict)")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch")
+
+    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript")
+    p.add_argument("run")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", default=None)
+    p.add_argument("--opset", type=int, default=17)
+
+    p = sub.add_parser("speed", help="latency per image of a run's model in each runtime (for compare)")
+    p.add_argument("run")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser("report", help="rebuild a run's report.html")
     p.add_argument("run")

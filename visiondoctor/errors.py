@@ -4,7 +4,8 @@ from visiondoctor.data.samples import DataError
 from visiondoctor.engine.checkpoint import CheckpointError
 from visiondoctor.models.detection import WeightsUnavailable
 from visiondoctor.report.compare import ComparisonError
+from visiondoctor.tasks.export import ExportError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataError, ConfigError, ComparisonError, CheckpointError, WeightsUnavailable, FileNotFoundError, ValueError, KeyError,
+    DataError, ConfigError, ComparisonError, ExportError, CheckpointError, WeightsUnavailable, FileNotFoundError, ValueError, KeyError,
 )
