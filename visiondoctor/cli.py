@@ -64,6 +64,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.phases:
+        from visiondoctor.incremental.task import IncrementalOptions, run_phases
+
+        options = IncrementalOptions(memory_per_class=args.memory_per_class, phase_steps=args.phase_steps,
+                                     reuse_base=args.reuse_base or "")
+        run_phases(cfg, None if args.phases == "auto" else args.phases, args.method, options)
+        print(f"report: {cfg.run_path / 'report.html'}")
+        return 0
     extra = {}
     if cfg.task == "segmentation":
         extra = {"loss_file": args.loss_file, "anomaly_class": args.anomaly_class}
@@ -265,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (writes runs/<name>/)")
     train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
+    p.add_argument("--phases", default=None, help="class-incremental training: phases.json, or auto (the dataset's)")
+    p.add_argument("--method", default="replay+distill", choices=["replay+distill", "replay", "distill", "finetune"])
+    p.add_argument("--memory-per-class", dest="memory_per_class", type=int, default=3)
+    p.add_argument("--phase-steps", dest="phase_steps", type=int, default=200)
+    p.add_argument("--reuse-base", dest="reuse_base", default=None, help="a run whose phase 0 to reuse")
     p.add_argument("--loss-file", dest="loss_file", help="segmentation: path.py:fn(outputs, targets) -> loss")
     p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None,
                    help="segmentation: a known class held out as the anomaly (never trained on)")

@@ -34,6 +34,12 @@ LossFn = Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
+def loss_column(name: str) -> str:
+    """History column of a loss component: torchvision's `loss_classifier` stays as is, SSD's
+    `classification` becomes `loss_classification`."""
+    return name if name.startswith("loss_") else f"loss_{name}"
+
+
 def default_loss_fn(model: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
     """torchvision convention: a detector in train mode returns its named losses."""
     return model(images, targets)
@@ -321,7 +327,7 @@ class Trainer:
             self.ema.update_parameters(self.model)
         state.step += 1
 
-        state.log.update({f"loss_{k}": float(v.detach()) for k, v in losses.items()})
+        state.log.update({loss_column(k): float(v.detach()) for k, v in losses.items()})
         state.log["loss"] = float(total.detach())
         state.log["grad_norm"] = state.grad_norm
         self._call("after_step")
@@ -362,7 +368,7 @@ class Trainer:
                 losses = self.loss_fn(model, _to_device(images, self.device), _to_device(targets, self.device))
                 total = sum(self.cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items())
                 for k, v in losses.items():
-                    sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v)
+                    sums[loss_column(k)] = sums.get(loss_column(k), 0.0) + float(v)
                 sums["loss"] = sums.get("loss", 0.0) + float(total)
                 n += 1
         self.model.train()
