@@ -1,7 +1,7 @@
 """Early exit on the shapes benchmark at 320 px, CPU: the full model against the calibrated
 early-exit policy, side by side in one run (latency per image, mAP@[.5:.95], exit distribution).
 
-    python benchmarks/early_exit.py [--minutes 8] [--max-map-drop 0.01] [--out runs/bench_early_exit] [--reuse]
+    python benchmarks/early_exit.py [--minutes 8] [--max-map-drop 0.01] [--out runs/bench_early_exit] [--reuse | --resume]
 
 1. Shapes data generated at 320 px (the generator's defaults but for the split sizes), and
    `ssdlite320_early_exit` (exits after MobileNetV3 features[8] and [12], and the full SSDLite)
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_early_exit")
     parser.add_argument("--latency-images", type=int, default=50)
     parser.add_argument("--reuse", action="store_true", help="skip training when the run already has weights")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue training the run from its last checkpoint until --minutes in total")
     args = parser.parse_args()
 
     from visiondoctor.early_exit.analysis import calibrate_and_analyse
@@ -64,7 +66,7 @@ def main() -> None:
     cfg = config_from_dict(config(args.out, args.minutes))
     run_path = cfg.run_path
     if not (args.reuse and any((run_path / "checkpoints").glob("**/*.pt"))):
-        detection.train(cfg)
+        detection.train(cfg, resume=args.resume)
     trained_s = time.perf_counter() - started
     result = calibrate_and_analyse(run_path, max_map_drop=args.max_map_drop, latency_images=args.latency_images)
     report(RunDir(run_path), result, trained_s, time.perf_counter() - started)

@@ -54,7 +54,8 @@ def early_exit_section(run: RunDir) -> Section | None:
 def _summary(data: dict[str, Any], names: Sequence[str]) -> str:
     budget = data.get("budget", {})
     if "max_map_drop" in budget:
-        goal = f"at most {100 * float(budget['max_map_drop']):.2g} mAP points lost against the full model"
+        points = round(100 * float(budget["max_map_drop"]), 3)
+        goal = f"at most {points:g} mAP point{'' if points == 1 else 's'} lost against the full model"
     else:
         goal = f"a mean latency of at most {fmt(budget.get('target_latency_ms'))} ms per image"
     thresholds = data.get("policy", {}).get("thresholds", [])
