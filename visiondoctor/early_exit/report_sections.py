@@ -17,7 +17,7 @@ RUNTIME_NAMES = {"pytorch": "eager PyTorch (CPU)", "onnxruntime": "ONNX Runtime 
                  "pytorch_cuda": "eager PyTorch (CUDA)"}
 
 
-@register_section(65, title="Early exit", needs=("early_exit.json",))
+@register_section(65, title="Early exit", needs=("early_exit.json",), optional=True)
 def early_exit_section(run: RunDir) -> Section | None:
     data = read_json(run, "early_exit.json")
     if not isinstance(data, dict) or "exit_names" not in data:

@@ -43,7 +43,7 @@ def _num(v: Any) -> Any:
     return "n/a" if v is None else round(float(v), 4)
 
 
-@register_section(42, title="Incremental phases", needs=(RESULTS_FILE,))
+@register_section(42, title="Incremental phases", needs=(RESULTS_FILE,), optional=True)
 def incremental_section(run: RunDir) -> Section | None:
     path = run.path / RESULTS_FILE
     if not path.exists():

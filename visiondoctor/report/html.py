@@ -147,6 +147,8 @@ def run_sections(run: RunDir, entries: Sequence[SectionEntry]) -> tuple[list[Sec
             log.debug("section %s failed:\n%s", entry.title, traceback.format_exc())
             section = Section(entry.title, [Paragraph(
                 f"This section could not be built: {type(exc).__name__}: {exc}", "error")])
+        if section is None and entry.optional:
+            continue
         if section is None:
             needs = [n for n in entry.needs if not (run.path / n).exists()]
             reason = f"needs {', '.join(needs)}" if needs else "its inputs hold nothing to show"

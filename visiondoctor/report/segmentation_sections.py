@@ -60,7 +60,7 @@ def segmentation_metric_blocks(metrics: dict[str, Any], what: str) -> list[Any]:
     return blocks
 
 
-@register_section(41, title="Segmentation metrics", needs=("metrics.json",))
+@register_section(41, title="Segmentation metrics", needs=("metrics.json",), optional=True)
 def segmentation_section(run: RunDir) -> Section | None:
     metrics = read_json(run, "metrics.json")
     if not isinstance(metrics, dict) or "miou" not in metrics:
@@ -142,7 +142,7 @@ def _load_examples(run: RunDir) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
-@register_section(56, title="Anomaly segmentation", needs=("anomaly.json",))
+@register_section(56, title="Anomaly segmentation", needs=("anomaly.json",), optional=True)
 def anomaly_section(run: RunDir) -> Section | None:
     result = read_json(run, "anomaly.json")
     if not isinstance(result, dict) or not result.get("methods"):

@@ -22,7 +22,7 @@ POPULATIONS = (("candidates", "every location above the score threshold, before 
                ("detections", "final detections, after NMS and top-k"))
 
 
-@register_section(85, title=TITLE, needs=(ANALYSIS_FILE,))
+@register_section(85, title=TITLE, needs=(ANALYSIS_FILE,), optional=True)
 def text_query_section(run: RunDir) -> Section | None:
     data = read_json(run, ANALYSIS_FILE)
     if not isinstance(data, dict):
