@@ -176,6 +176,22 @@ def test_losses_of_the_two_variants_and_quality_gradient_away_from_positives():
                           (32, 32), LossConfig())
 
 
+def test_iou_aware_similarity_learns_the_iou_of_its_box():
+    pred = tiny_boxes().unsqueeze(0)
+    pred[0, 0, 6] = torch.tensor([2.0, 2.0, 30.0, 22.0])  # a positive with the exact box; (1, 1) keeps a tiny one
+    target = [{"boxes": torch.tensor([[2.0, 2.0, 30.0, 22.0]]), "labels": torch.tensor([0])}]
+    grads = {}
+    for cls_target in ("binary", "iou"):
+        sim = torch.zeros(1, 2, 16, requires_grad=True)
+        outputs = {"sim_logits": sim, "boxes": pred, "quality_logits": torch.zeros(1, 2, 16)}
+        losses = text_query_losses(outputs, target, location_centres(*GRID, STRIDE), GRID, (32, 32),
+                                   LossConfig(train_quality=False, cls_target=cls_target))
+        losses["cls"].backward()
+        grads[cls_target] = sim.grad[0, 0]
+    assert grads["binary"][6] < 0 and grads["binary"][5] < 0  # binary: every positive pushed up alike
+    assert grads["iou"][6] < 0 and grads["iou"][5] > 0  # iou: the positive whose box misses is pushed down
+
+
 def test_score_functions():
     sim, quality = torch.tensor([0.0, 2.0]), torch.tensor([-2.0, 0.0])
     assert torch.allclose(score_fn(sim, quality, "seed", 0.5), sim.sigmoid())

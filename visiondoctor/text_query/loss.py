@@ -1,7 +1,10 @@
 """Training losses of the text-query dense detector.
 
 - `cls`: sigmoid focal loss (torchvision.ops.sigmoid_focal_loss) on the similarity (CAM) logit
-  of every (query, location): target 1 at positives, 0 elsewhere.
+  of every (query, location): target 1 at positives, 0 elsewhere (`cls_target="binary"`, the
+  seed). With `cls_target="iou"` the target at a positive is the IoU its box achieves, trained
+  with the quality focal loss below: the similarity itself becomes the IoU-aware score (the
+  joint representation of Generalized Focal Loss / VarifocalNet).
 - `box_l1` and `box_giou`: L1 on image-normalised xyxy and GIoU loss
   (torchvision.ops.generalized_box_iou_loss), at positives only, as in the seed.
 - `quality` (consistent variant only): the box-quality logit of every (query, location) is
@@ -12,7 +15,7 @@
   "quality focal loss" of Generalized Focal Loss; torchvision has no such op, so it is the
   two lines below).
 Every loss is summed and divided by the number of positives in the batch (as FCOS), so the
-variants differ only in the quality term.
+variants differ only in these targets.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     quality_beta: float = 2.0
-    train_quality: bool = True  # False = the seed: no box-quality supervision
+    train_quality: bool = True  # False: no box-quality branch supervision (seed, iou_aware)
     quality_target: str = "positives"  # elsewhere than positives: 0 | any_class / same_class IoU (assign.py)
+    cls_target: str = "binary"  # binary (focal loss, the seed) | iou (quality focal loss to the positives' IoU)
     weight_cls: float = 1.0
     weight_l1: float = 5.0  # DETR's weights for L1 on normalised boxes and GIoU
     weight_giou: float = 2.0
@@ -58,15 +62,21 @@ def text_query_losses(outputs: dict[str, torch.Tensor], targets: list[dict], cen
                              f"{sorted(set(gt_labels.tolist()))}")
         detached = boxes[b].detach()
         assignment = assign_positives(detached, centres, grid, gt_boxes, gt_labels, cfg.radius, cfg.iou_threshold)
-        cls_targets[b] = assignment.positive.to(sim.dtype)
+        if cfg.cls_target == "iou":
+            cls_targets[b] = quality_targets(detached, gt_boxes, gt_labels, assignment, "positives")
+        else:
+            cls_targets[b] = assignment.positive.to(sim.dtype)
         if cfg.train_quality:
             quality_target[b] = quality_targets(detached, gt_boxes, gt_labels, assignment, cfg.quality_target)
         pred_pos.append(boxes[b][assignment.positive])
         gt_pos.append(gt_boxes[assignment.matched[assignment.positive]])
     pred_pos_t, gt_pos_t = torch.cat(pred_pos), torch.cat(gt_pos)
     num_pos = max(1, len(pred_pos_t))
-    losses = {"cls": cfg.weight_cls * sigmoid_focal_loss(sim, cls_targets, cfg.focal_alpha, cfg.focal_gamma,
-                                                          reduction="sum") / num_pos}
+    if cfg.cls_target == "iou":
+        cls = quality_focal_loss(sim, cls_targets, cfg.quality_beta)
+    else:
+        cls = sigmoid_focal_loss(sim, cls_targets, cfg.focal_alpha, cfg.focal_gamma, reduction="sum")
+    losses = {"cls": cfg.weight_cls * cls / num_pos}
     if len(pred_pos_t):
         losses["box_l1"] = cfg.weight_l1 * F.l1_loss(pred_pos_t / scale, gt_pos_t / scale, reduction="sum") / num_pos
         losses["box_giou"] = cfg.weight_giou * generalized_box_iou_loss(pred_pos_t, gt_pos_t, reduction="sum") / num_pos
@@ -74,7 +84,11 @@ def text_query_losses(outputs: dict[str, torch.Tensor], targets: list[dict], cen
         losses["box_l1"] = boxes.sum() * 0.0
         losses["box_giou"] = boxes.sum() * 0.0
     if cfg.train_quality:
-        bce = F.binary_cross_entropy_with_logits(quality, quality_target, reduction="none")
-        modulation = (quality.sigmoid() - quality_target).abs().pow(cfg.quality_beta)
-        losses["quality"] = cfg.weight_quality * (bce * modulation).sum() / num_pos
+        losses["quality"] = cfg.weight_quality * quality_focal_loss(quality, quality_target, cfg.quality_beta) / num_pos
     return losses
+
+
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
+    """Summed BCE to soft targets, modulated by |sigmoid(logit) - target| ** beta (GFL's QFL)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (bce * (logits.sigmoid() - targets).abs().pow(beta)).sum()

@@ -11,7 +11,9 @@ Per query and location:
 
 The detection score is a stated function of these (`score_fn`):
 - consistent: score = sigmoid(s) ** (1 - a) * sigmoid(quality) ** a   (a = quality_weight, 0.5);
-- seed:       score = sigmoid(s)   (the seed's CAM confidence; quality neither trained nor used).
+- seed:       score = sigmoid(s)   (the seed's CAM confidence; quality neither trained nor used);
+- iou_aware:  score = sigmoid(s), with s itself trained to the IoU of its box at positives and 0
+              elsewhere (quality focal loss; one score, no separate quality branch).
 Both emit a box from every location above the score threshold; they differ in whether that
 score knows anything about the box.
 
@@ -38,7 +40,11 @@ from visiondoctor.text_query.assign import location_centres
 from visiondoctor.text_query.encoder import EMBED_DIM
 from visiondoctor.text_query.loss import LossConfig, text_query_losses
 
-SCORINGS = ("consistent", "seed")
+#: The loss settings each scoring needs (LossConfig fields); other fields come from `loss`.
+SCORING_LOSS = {"consistent": {"train_quality": True, "cls_target": "binary"},
+                "seed": {"train_quality": False, "cls_target": "binary"},
+                "iou_aware": {"train_quality": False, "cls_target": "iou"}}
+SCORINGS = tuple(SCORING_LOSS)
 MODEL_NAME = "text_query_dense"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +52,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def score_fn(sim_logits: torch.Tensor, quality_logits: torch.Tensor, scoring: str, quality_weight: float) -> torch.Tensor:
     """The detection score of each (query, location); see the module docstring."""
-    if scoring == "seed":
+    if scoring in ("seed", "iou_aware"):
         return sim_logits.sigmoid()
     a = quality_weight
     return sim_logits.sigmoid().pow(1.0 - a) * quality_logits.sigmoid().pow(a)
@@ -102,7 +108,7 @@ class TextQueryDetector(nn.Module):
         self.scoring, self.quality_weight = scoring, float(quality_weight)
         self.score_threshold, self.nms_iou = score_threshold, nms_iou
         self.max_detections, self.pre_nms_top_k = max_detections, pre_nms_top_k
-        self.loss_cfg = loss or LossConfig(train_quality=scoring == "consistent")
+        self.loss_cfg = loss or LossConfig(**SCORING_LOSS[scoring])
         self.register_buffer("class_embeddings", class_embeddings.float().clone())
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -229,6 +235,8 @@ def text_query_dense(num_classes: int, class_names: Sequence[str] | None = None,
         embeddings = EmbeddingCache(encoder, embedding_cache).embed(list(class_names))
     else:
         embeddings = torch.zeros(num_classes, EMBED_DIM)
-    loss_cfg = LossConfig(**{"train_quality": scoring == "consistent", **(loss or {})})
+    if scoring not in SCORING_LOSS:
+        raise ValueError(f"scoring={scoring!r}: expected one of {', '.join(SCORING_LOSS)}")
+    loss_cfg = LossConfig(**{**(loss or {}), **SCORING_LOSS[scoring]})
     return TextQueryDetector(embeddings, scoring=scoring, quality_weight=quality_weight,
                              pretrained_backbone=pretrained_backbone, loss=loss_cfg, **kwargs)

@@ -38,7 +38,8 @@ from visiondoctor.text_query.model import MODEL_NAME, TextQueryDetector
 log = logging.getLogger(__name__)
 ANALYSIS_FILE = "text_query.json"
 SCORE_FORMULAS = {"consistent": "sigmoid(similarity) ** (1 - a) * sigmoid(quality) ** a",
-                  "seed": "sigmoid(similarity)  (the seed: CAM confidence, no box quality)"}
+                  "seed": "sigmoid(similarity)  (the seed: CAM confidence, no box quality)",
+                  "iou_aware": "sigmoid(similarity), the similarity trained to its box's IoU at positives, 0 elsewhere"}
 
 
 def default_config(name: str = "text_query", output_dir: str = "runs", **model_kwargs: Any) -> Config:
