@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from visiondoctor.evaluation.coco import evaluate_detections
-from visiondoctor.evaluation.consistency import rankdata, score_iou_consistency, spearman
+from visiondoctor.evaluation.consistency import score_iou_consistency, spearman
 from visiondoctor.evaluation.detection_stats import detection_statistics
 from visiondoctor.evaluation.errors import average_precision, tide_errors
 
@@ -124,12 +124,12 @@ def test_average_precision_matches_coco_on_a_small_case():
 
 # ------------------------------------------------------------------ score-IoU consistency
 
-def test_rankdata_and_spearman():
-    assert rankdata(np.array([3.0, 1.0, 2.0, 2.0])).tolist() == [4.0, 1.0, 2.5, 2.5]
+def test_spearman_defined_only_on_enough_varying_finite_pairs():
     x = np.array([0.1, 0.5, 0.3, 0.9])
     assert spearman(x, x ** 2) == pytest.approx(1.0)
     assert spearman(x, -x) == pytest.approx(-1.0)
-    assert spearman(x, np.ones(4)) is None and spearman(x[:1], x[:1]) is None
+    assert spearman(x, np.ones(4)) is None and spearman(x[:2], x[:2]) is None
+    assert spearman(np.append(x, np.nan), np.append(x, 1.0)) == pytest.approx(1.0)
 
 
 def test_score_iou_consistency_perfectly_ordered():

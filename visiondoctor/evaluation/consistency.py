@@ -10,6 +10,7 @@ pre-processing, box decoding or score activation at inference than in training).
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from visiondoctor.evaluation.predictions import box_iou, category_names, group_by_image
 
@@ -19,29 +20,14 @@ HIST_BINS = 10
 MAX_PAIRS = 2000  # pairs kept for a scatter plot
 
 
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank (as scipy.stats.rankdata; scipy is not a dependency)."""
-    values = np.asarray(values, np.float64)
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    starts = np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])
-    group = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    last = np.concatenate([first[1:], [len(values)]]) - 1
-    average = (first + last) / 2.0 + 1.0
-    ranks = np.empty(len(values))
-    ranks[order] = average[group]
-    return ranks
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson on average ranks); None when undefined (n < 2 or a constant)."""
-    if len(x) < 2:
+    """Spearman rank correlation over the pairs where both are finite; None when undefined
+    (fewer than 3 pairs, or a constant side, e.g. a head whose confidence never changes)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return None
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return None if denom == 0 else float((rx * ry).sum() / denom)
+    return float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def best_iou_per_detection(gt: dict, predictions: list[dict], min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

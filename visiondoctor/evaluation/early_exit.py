@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from visiondoctor.evaluation.coco import coco_evaluation
+from visiondoctor.evaluation.consistency import spearman
 
 
 @dataclass
@@ -122,18 +123,6 @@ def per_image_ap(records: ExitRecords) -> np.ndarray:
             value = coco_evaluation(one, records.predictions[k][i]).metrics["map"]
             out[i, k] = np.nan if value is None else value
     return out
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation over the pairs where both are finite; None when undefined
-    (fewer than 3 pairs, or a constant side — e.g. a head whose confidence never changes)."""
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return None
-    return float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def signal_correlations(records: ExitRecords, ap: np.ndarray | None = None, default: str | None = None) -> dict[str, Any]:

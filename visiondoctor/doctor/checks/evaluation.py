@@ -5,16 +5,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scipy.stats import t as student_t
+
 from visiondoctor.doctor.findings import Finding
 
-# Two-sided 95 % Student-t quantiles for 1..30 degrees of freedom (a table, because scipy is not a dependency).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 VAL_RISE = 0.10  # validation loss 10 % above its minimum while training loss keeps falling: overfitting
 
 
 def t_quantile_975(df: int) -> float:
-    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
+    """Two-sided 95 % Student-t quantile."""
+    return float(student_t.ppf(0.975, df))
 
 
 def mean_confidence_interval(mean: float, std: float, n: int, population: int | None = None) -> tuple[float, float]:
