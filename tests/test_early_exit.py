@@ -271,14 +271,13 @@ def test_degenerate_threshold_is_caught_by_the_doctor():
 
 
 # ----- the analysis end to end on a tiny run --------------------------------------------------------------
-def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
-    import json
+def _tiny_early_exit_run(tmp_path):
+    """A run directory holding an untrained (but input-dependent) early-exit model on 8+6 shapes."""
 
     from visiondoctor.config import config_from_dict, save_config
     from visiondoctor.data.formats import load_detection
     from visiondoctor.data.samples import CategoryMap
     from visiondoctor.data.synth.shapes import generate_shapes
-    from visiondoctor.early_exit.analysis import apply_policy, calibrate_and_analyse
     from visiondoctor.engine.checkpoint import save_checkpoint
     from visiondoctor.rundir import RunDir
 
@@ -296,6 +295,15 @@ def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
     _input_dependent(m)
     save_checkpoint(run.checkpoints, 1, {"model": m.state_dict(), "step": 1})
 
+    return run, m
+
+
+def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
+    import json
+
+    from visiondoctor.early_exit.analysis import apply_policy, calibrate_and_analyse
+
+    run, m = _tiny_early_exit_run(tmp_path)
     result = calibrate_and_analyse(run.path, max_map_drop=0.05, levels=3, latency_images=2, onnx=False, gallery=2)
     saved = json.loads((run.path / "early_exit.json").read_text())  # strict JSON: no Infinity
     assert saved["policy"] == result["policy"] and saved["held_out_split"] == "test"
@@ -313,3 +321,16 @@ def test_calibrate_and_analyse_writes_results_and_report(tmp_path):
     apply_policy(run, m)
     assert m.signal == saved["policy"]["signal"]
     assert [None if t == math.inf else pytest.approx(t) for t in m.thresholds] == saved["policy"]["thresholds"]
+
+
+def test_eval_cli_calibrates_to_the_given_budget(tmp_path, capsys):
+    import json
+
+    from visiondoctor.cli import main
+
+    run, _ = _tiny_early_exit_run(tmp_path)
+    assert main(["eval", str(run.path), "--max-map-drop", "0.05", "--latency-images", "2"]) == 0
+    saved = json.loads((run.path / "early_exit.json").read_text())
+    assert saved["budget"] == {"max_map_drop": 0.05} and saved["operating_point"]["map_drop"] <= 0.05
+    printed = capsys.readouterr()
+    assert "held out" in printed.out + printed.err and "thresholds" in printed.out + printed.err

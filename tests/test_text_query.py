@@ -306,3 +306,22 @@ def test_train_text_query_end_to_end_and_query(tmp_path):
     assert all(d["seen"] == (d["query"] == "circle") for d in found)
     assert all(len(d["box"]) == 4 and 0.0 <= d["score"] <= 1.0 for d in found)
     assert [d["score"] for d in found] == sorted((d["score"] for d in found), reverse=True)
+
+
+def test_cli_trains_from_the_preset_and_answers_queries(tmp_path, capsys):
+    import json
+
+    from visiondoctor.cli import main
+
+    overrides = ["model.kwargs.encoder=hashed", "model.kwargs.channels=32", "model.kwargs.embed_dim=32",
+                 "data.synth_images=4", "data.synth_options.num_val=3", "data.synth_options.image_size=64",
+                 "data.synth_options.max_size=30", "train.epochs=1", "train.batch_size=2", "train.warmup_steps=1"]
+    args = ["train", "--config", "text_query", "--name", "cli", "--output-dir", str(tmp_path), "--device", "cpu"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    run = tmp_path / "cli"
+    assert (run / "text_query.json").exists() and (run / "report.html").exists()
+    capsys.readouterr()
+    image = sorted((tmp_path / "_data").glob("*/val/*.jpg"))[0]
+    assert main(["query", str(run), str(image), "circle", "hexagon", "--threshold", "0"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found and {d["query"] for d in found} <= {"circle", "hexagon"}

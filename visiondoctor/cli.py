@@ -36,7 +36,14 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _task_module(task: str):
+def _task_module(cfg):
+    """The task package a config trains with: the text-query detector has its own training and
+    evaluation (same signatures as the detection task's), every other model its task's."""
+    if cfg.model.name == "text_query_dense":
+        from visiondoctor.text_query import task as text_query
+
+        return text_query
+    task = cfg.task
     if task == "detection":
         from visiondoctor.tasks import detection
 
@@ -56,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(preset_path("demo_quick" if args.quick else "demo"), list(args.set or []))
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    run = _task_module(cfg.task).train(cfg)
+    run = _task_module(cfg).train(cfg)
     _print_summary(run)
     return 0
 
@@ -77,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = {"loss_file": args.loss_file, "anomaly_class": args.anomaly_class}
     elif args.loss_file or args.anomaly_class is not None:
         raise ValueError("--loss-file and --anomaly-class apply to --task segmentation")
-    run = _task_module(cfg.task).train(cfg, resume=args.resume, **extra)
+    run = _task_module(cfg).train(cfg, resume=args.resume, **extra)
     _print_summary(run)
     return 0
 
@@ -87,10 +94,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from visiondoctor.config import load_config
     from visiondoctor.rundir import RunDir
 
-    task = load_config(RunDir.open(args.run).config).task
-    metrics = _task_module(task).evaluate_run(args.run, split=args.split, max_images=args.max_images)
-    _print_metrics(metrics)
+    if args.max_map_drop is not None or args.target_latency_ms is not None:
+        args.early_exit = True
+    if args.early_exit:
+        from visiondoctor.early_exit.analysis import calibrate_and_analyse
+
+        result = calibrate_and_analyse(args.run, max_map_drop=args.max_map_drop,
+                                       target_latency_ms=args.target_latency_ms, split=args.split,
+                                       latency_images=args.latency_images)
+        _print_early_exit(result)
+    else:
+        cfg = load_config(RunDir.open(args.run).config)
+        metrics = _task_module(cfg).evaluate_run(args.run, split=args.split, max_images=args.max_images)
+        _print_metrics(metrics)
     console.print(f"report: {Path(args.run) / 'report.html'}")
+    return 0
+
+
+def _print_early_exit(result: dict) -> None:
+    from rich.table import Table
+
+    point, held = result["operating_point"], result.get("held_out") or {}
+    table = Table("", f"calibration ({result['calibration_split']})",
+                  f"held out ({result.get('held_out_split') or '-'})")
+    for key, label in (("map", "mAP"), ("map_drop", "mAP lost vs full"), ("latency_ms", "mean latency (ms, predicted)"),
+                       ("latency_cut", "latency cut vs full")):
+        table.add_row(label, *(f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+                               for v in (point.get(key), held.get(key))))
+    table.add_row("images per exit", *(" / ".join(f"{share:.0%}" for share in d) if d else "-"
+                                        for d in (point.get("distribution"), held.get("distribution"))))
+    console.print(table)
+    console.print(f"signal {result['policy']['signal']}, thresholds {result['policy']['thresholds']}"
+                  f"{'' if point.get('budget_met', True) else ' (the budget could not be met: closest point)'}")
+
+
+@command("query")
+def cmd_query(args: argparse.Namespace) -> int:
+    import json
+
+    from visiondoctor.text_query.inference import query
+
+    detections = query(args.run, args.image, args.queries, score_threshold=args.threshold)
+    print(json.dumps(detections, indent=1))
     return 0
 
 
@@ -289,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--max-images", dest="max_images", type=int, default=0,
                    help="evaluate a random subset (the report says so and gives the sample size)")
+    p.add_argument("--early-exit", dest="early_exit", action="store_true",
+                   help="early-exit model: calibrate the exit thresholds on --split and analyse speed vs accuracy")
+    p.add_argument("--max-map-drop", dest="max_map_drop", type=float, default=None,
+                   help="early exit: mAP the exits may lose vs the full model (0.01 = 1 point; the default)")
+    p.add_argument("--target-latency-ms", dest="target_latency_ms", type=float, default=None,
+                   help="early exit: mean CPU latency per image to reach instead")
+    p.add_argument("--latency-images", dest="latency_images", type=int, default=30,
+                   help="early exit: images timed per path (after warm-up)")
+
+    p = sub.add_parser("query", help="text-query detector: find what free-text queries name in an image")
+    p.add_argument("run")
+    p.add_argument("image")
+    p.add_argument("queries", nargs="+", help='e.g. "circle" "disk"')
+    p.add_argument("--threshold", type=float, default=0.3)
 
     p = sub.add_parser("predict", help="run a trained model on an image, a video, or a folder of them")
     p.add_argument("run")

@@ -141,8 +141,13 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load YAML (optional), then apply `a.b=value` overrides (values parsed as YAML scalars)."""
+    """Load YAML (optional; a bare name such as `demo` is a preset shipped with the package), then
+    apply `a.b=value` overrides (values parsed as YAML scalars)."""
     values: dict[str, Any] = {}
+    if path and not Path(path).exists() and not Path(path).suffix and "/" not in str(path):
+        from visiondoctor.presets import preset_path
+
+        path = preset_path(str(path))
     if path:
         try:
             with open(path, encoding="utf-8") as fh:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from visiondoctor.config import Config, save_config
+from visiondoctor.config import Config, load_config, save_config
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
 from visiondoctor.data.transforms import detection_transforms
 from visiondoctor.engine.trainer import Trainer, resolve_device
@@ -43,14 +43,12 @@ SCORE_FORMULAS = {"consistent": "sigmoid(similarity) ** (1 - a) * sigmoid(qualit
 
 
 def default_config(name: str = "text_query", output_dir: str = "runs", **model_kwargs: Any) -> Config:
-    """A working starting point: 128-px shapes, AdamW, light augmentation, CPU-sized batches."""
-    cfg = Config(task="detection", name=name, output_dir=output_dir)
-    cfg.model = replace(cfg.model, name=MODEL_NAME, image_size=128, kwargs=dict(model_kwargs))
-    cfg.data = replace(cfg.data, synth="shapes", synth_images=400,
-                       synth_options={"num_val": 64, "num_test": 0, "image_size": 128, "min_size": 10,
-                                      "max_size": 60, "small_size": 16, "max_objects": 5})
-    cfg.train = replace(cfg.train, epochs=10, batch_size=16, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
-                        warmup_steps=50, augment="light", grad_clip=10.0, monitors=False)
+    """The `text_query` preset (a working starting point) with a run name, folder and model options."""
+    from visiondoctor.presets import preset_path
+
+    cfg = load_config(preset_path("text_query"))
+    cfg.name, cfg.output_dir = name, output_dir
+    cfg.model = replace(cfg.model, kwargs={**cfg.model.kwargs, **model_kwargs})
     return cfg
 
 
