@@ -99,3 +99,15 @@ def test_measure_model_counts_params_and_flops():
     assert result["latency_ms_median"] > 0 and result["latency_ms_mean"] > 0
     big = measure_model(create_model("ssd_mobilenet_v2_fpnlite", num_classes=3, image_size=128), 128, runs=1, warmup=0)
     assert 3 < big["flops"] / result["flops"] < 5  # convolutions scale with the pixel count
+
+
+def test_ssdlite_mobilenet_v3_small_learns_and_detects():
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilenet_v3_small", num_classes=3, image_size=64)
+    losses = fit_steps(model, 64, steps=8, lr=0.02)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert_valid_detections(model, 3, 50, 70)
+    large = create_model("ssdlite320_mobilenet_v3_large", num_classes=3, image_size=64)
+    assert count_params(model) < 0.5 * count_params(large)
+    with pytest.raises(RuntimeError, match="no COCO-pretrained"):
+        create_model("ssdlite_mobilenet_v3_small", num_classes=3, pretrained=True)

@@ -26,7 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import Conv2dNormActivation, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from visiondoctor.models.detection import WeightsUnavailable, _offline_hint
+from visiondoctor.models.detection import WeightsUnavailable, no_detector_weights, offline_hint
 from visiondoctor.models.registry import register
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -34,11 +34,6 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # mobilenet_v2().features: the last block at strides 8, 16 and 32 (32, 96 and 320 channels).
 _MOBILENET_V2_TAPS = {"6": "c3", "13": "c4", "17": "c5"}
 _MOBILENET_V2_CHANNELS = [32, 96, 320]
-
-
-def _no_detector_weights(name: str) -> WeightsUnavailable:
-    return WeightsUnavailable(f"{name}: no COCO-pretrained detector weights exist for this architecture; "
-                              "use model.pretrained=false (and model.pretrained_backbone=true for ImageNet weights)")
 
 
 def _separable(channels: int, norm_layer: Any) -> nn.Sequential:
@@ -62,7 +57,7 @@ def mobilenet_v2_fpnlite_backbone(fpn_channels: int = 128, width_mult: float = 1
     except (OSError, RuntimeError) as exc:
         if weights is None:
             raise
-        raise _offline_hint("mobilenet_v2 backbone", exc) from exc
+        raise offline_hint("mobilenet_v2 backbone", exc) from exc
     channels = [trunk[int(i)].out_channels for i in _MOBILENET_V2_TAPS]
     backbone = BackboneWithFPN(trunk, _MOBILENET_V2_TAPS, channels, fpn_channels,
                                extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels), norm_layer=norm_layer)
@@ -85,7 +80,7 @@ def ssd_mobilenet_v2_fpnlite(
     """SSD + MobileNetV2-FPNLite. Anchors at level k are `anchor_scale * stride_k` (x 1 and x 2^0.5)
     wide, ratios 0.5/1/2; lower `anchor_scale` for small objects (stride 8 x 4 = 32 px at P3)."""
     if pretrained:
-        raise _no_detector_weights("ssd_mobilenet_v2_fpnlite")
+        raise no_detector_weights("ssd_mobilenet_v2_fpnlite")
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     backbone = mobilenet_v2_fpnlite_backbone(fpn_channels, width_mult, pretrained_backbone, norm_layer)
     strides = (8, 16, 32, 64, 128)
@@ -139,7 +134,7 @@ class EfficientDetDetector(nn.Module):
         except (OSError, RuntimeError) as exc:
             if not pretrained_backbone:
                 raise
-            raise _offline_hint(f"{variant} backbone", exc) from exc
+            raise offline_hint(f"{variant} backbone", exc) from exc
         cfg = self.model.config
         self.anchors = anchors_mod.Anchors.from_config(cfg)
         self.labeler = anchors_mod.AnchorLabeler(self.anchors, self.num_classes, match_threshold=0.5)

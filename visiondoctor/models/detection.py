@@ -7,9 +7,11 @@ returns a dict of named losses, eval mode a list of {boxes, scores, labels}.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 from torch import nn
+from torchvision.models import MobileNet_V3_Small_Weights
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -21,7 +23,12 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights were asked for but could not be loaded (offline, or no such weights)."""
 
 
-def _offline_hint(what: str, exc: Exception) -> WeightsUnavailable:
+def no_detector_weights(name: str) -> WeightsUnavailable:
+    return WeightsUnavailable(f"{name}: no COCO-pretrained detector weights exist for this architecture; "
+                              "use model.pretrained=false (and model.pretrained_backbone=true for ImageNet weights)")
+
+
+def offline_hint(what: str, exc: Exception) -> WeightsUnavailable:
     return WeightsUnavailable(
         f"{what}: pretrained weights could not be loaded ({exc.__class__.__name__}: {exc}). "
         "Without internet access, put the weights file in the torch hub cache "
@@ -30,7 +37,7 @@ def _offline_hint(what: str, exc: Exception) -> WeightsUnavailable:
     )
 
 
-def _build(fn: Callable[..., nn.Module], what: str, weights_enum: Any, pretrained: bool,
+def build_with_weights(fn: Callable[..., nn.Module], what: str, weights_enum: Any, pretrained: bool,
            backbone_enum: Any, pretrained_backbone: bool, **kwargs: Any) -> nn.Module:
     """Build with the requested class count; COCO detector weights are loaded for every tensor
     whose shape matches (the class-specific head layers are left freshly initialised)."""
@@ -40,12 +47,12 @@ def _build(fn: Callable[..., nn.Module], what: str, weights_enum: Any, pretraine
     except (OSError, RuntimeError) as exc:
         if backbone_weights is None:
             raise
-        raise _offline_hint(what, exc) from exc
+        raise offline_hint(what, exc) from exc
     if pretrained:
         try:
             state = weights_enum.DEFAULT.get_state_dict(progress=False, check_hash=True)
         except (OSError, RuntimeError) as exc:
-            raise _offline_hint(what, exc) from exc
+            raise offline_hint(what, exc) from exc
         own = model.state_dict()
         matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(matching, strict=False)
@@ -66,6 +73,43 @@ def _fixed_size_transform(model: nn.Module, image_size: int) -> None:
     )
 
 
+def _ssdlite_mobilenet_v3_small(*, weights_backbone: Any = None, num_classes: int, **kwargs: Any) -> nn.Module:
+    """SSDLite on MobileNetV3-Small, assembled from torchvision's SSDLite parts exactly as its
+    MobileNetV3-Large builder does (torchvision ships no Small variant; same signature, so `build_with_weights`
+    handles it)."""
+    from torchvision.models import mobilenet_v3_small
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
+
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    trunk = mobilenet_v3_small(weights=weights_backbone, norm_layer=norm_layer, reduced_tail=weights_backbone is None)
+    if weights_backbone is None:
+        _normal_init(trunk)  # torchvision's from-scratch initialisation for SSDLite trunks
+    backbone = _mobilenet_extractor(trunk, 6, norm_layer)
+    size = (320, 320)
+    anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    out_channels = det_utils.retrieve_out_channels(backbone, size)
+    head = SSDLiteHead(out_channels, anchor_generator.num_anchors_per_location(), num_classes, norm_layer)
+    defaults = {"nms_thresh": 0.55, "topk_candidates": 300, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    kwargs.pop("weights", None)  # no COCO detector weights exist for it: refused by the registered builder
+    return SSD(backbone, anchor_generator, size, num_classes, head=head, **{**defaults, **kwargs})
+
+
+def _ssdlite(builder: Callable[..., nn.Module], name: str, weights_enum: Any, backbone_enum: Any,
+             num_classes: int, image_size: int, pretrained: bool, pretrained_backbone: bool,
+             anchor_min_ratio: float, anchor_max_ratio: float, **kwargs: Any) -> nn.Module:
+    """An SSDLite builder with default boxes spanning [anchor_min_ratio, anchor_max_ratio] of the
+    image and the input size made configurable."""
+    model = build_with_weights(builder, name, weights_enum, pretrained, backbone_enum, pretrained_backbone,
+                   num_classes=num_classes, **kwargs)
+    if (anchor_min_ratio, anchor_max_ratio) != (0.2, 0.95):
+        old = model.anchor_generator
+        model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio, max_ratio=anchor_max_ratio)
+    _fixed_size_transform(model, image_size)
+    return model
+
+
 @register("ssdlite320_mobilenet_v3_large", task="detection")
 def ssdlite320_mobilenet_v3_large(
     num_classes: int,
@@ -79,19 +123,30 @@ def ssdlite320_mobilenet_v3_large(
 ) -> nn.Module:
     """SSDLite with a MobileNetV3-Large trunk. `anchor_min_ratio` sets the smallest default box
     as a fraction of the image; lower it for small objects (the doctor's anchors.coverage says when)."""
-    model = _build(
-        tvd.ssdlite320_mobilenet_v3_large,
-        "ssdlite320_mobilenet_v3_large",
-        tvd.SSDLite320_MobileNet_V3_Large_Weights, pretrained, tvd.ssdlite.MobileNet_V3_Large_Weights, pretrained_backbone,
-        num_classes=num_classes,
-        score_thresh=score_thresh,
-        detections_per_img=detections_per_img,
-    )
-    if (anchor_min_ratio, anchor_max_ratio) != (0.2, 0.95):
-        old = model.anchor_generator
-        model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio, max_ratio=anchor_max_ratio)
-    _fixed_size_transform(model, image_size)
-    return model
+    return _ssdlite(tvd.ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_large",
+                    tvd.SSDLite320_MobileNet_V3_Large_Weights, tvd.ssdlite.MobileNet_V3_Large_Weights,
+                    num_classes, image_size, pretrained, pretrained_backbone, anchor_min_ratio, anchor_max_ratio,
+                    score_thresh=score_thresh, detections_per_img=detections_per_img)
+
+
+@register("ssdlite_mobilenet_v3_small", task="detection")
+def ssdlite_mobilenet_v3_small(
+    num_classes: int,
+    image_size: int = 320,
+    pretrained: bool = False,
+    pretrained_backbone: bool = False,
+    anchor_min_ratio: float = 0.2,
+    anchor_max_ratio: float = 0.95,
+    score_thresh: float = 0.001,
+    detections_per_img: int = 100,
+) -> nn.Module:
+    """SSDLite with a MobileNetV3-Small trunk: about a third of the Large variant's training cost
+    per image on CPU, which buys more passes over the data in a short CPU budget (the demo's model)."""
+    if pretrained:
+        raise no_detector_weights("ssdlite_mobilenet_v3_small")
+    return _ssdlite(_ssdlite_mobilenet_v3_small, "ssdlite_mobilenet_v3_small", None, MobileNet_V3_Small_Weights,
+                    num_classes, image_size, pretrained, pretrained_backbone, anchor_min_ratio, anchor_max_ratio,
+                    score_thresh=score_thresh, detections_per_img=detections_per_img)
 
 
 @register("ssd300_vgg16", task="detection")
@@ -99,7 +154,7 @@ def ssd300_vgg16(
     num_classes: int, image_size: int = 300, pretrained: bool = False, pretrained_backbone: bool = False,
     detections_per_img: int = 100,
 ) -> nn.Module:
-    model = _build(
+    model = build_with_weights(
         tvd.ssd300_vgg16,
         "ssd300_vgg16",
         tvd.SSD300_VGG16_Weights, pretrained, tvd.ssd.VGG16_Weights, pretrained_backbone,
@@ -117,7 +172,7 @@ def _rcnn_style(fn: Callable[..., nn.Module], name: str, weights_enum: Any, back
         num_classes: int, image_size: int = 512, pretrained: bool = False, pretrained_backbone: bool = False,
         detections_per_img: int = 100, **kwargs: Any,
     ) -> nn.Module:
-        return _build(
+        return build_with_weights(
             fn,
             name,
             weights_enum, pretrained, backbone_enum, pretrained_backbone,

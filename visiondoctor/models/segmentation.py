@@ -24,7 +24,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 # The lead's detection builders already solve "weights=None unless asked, shape-matched
 # pretrained loading, clear offline message"; reuse them rather than write them twice.
-from visiondoctor.models.detection import _build, _offline_hint
+from visiondoctor.models.detection import build_with_weights, offline_hint
 from visiondoctor.models.registry import register
 
 
@@ -38,7 +38,7 @@ def _torchvision(fn: Callable[..., nn.Module], name: str, weights_enum: Any, bac
             kwargs["aux_loss"] = aux_loss
         elif aux_loss:
             raise ValueError(f"{name} has no auxiliary classifier; use aux_loss=False")
-        return _build(fn, name, weights_enum, pretrained, backbone_enum, pretrained_backbone, **kwargs)
+        return build_with_weights(fn, name, weights_enum, pretrained, backbone_enum, pretrained_backbone, **kwargs)
 
     build.__name__ = name
     build.__doc__ = (f"torchvision {name}; num_classes on the classifier"
@@ -106,7 +106,7 @@ def _backbone(name: str, pretrained_backbone: bool, aux: bool) -> tuple[nn.Modul
         except (OSError, RuntimeError) as exc:
             if weights is None:
                 raise
-            raise _offline_hint(f"deeplabv3plus_{name}", exc) from exc
+            raise offline_hint(f"deeplabv3plus_{name}", exc) from exc
         layers = {"layer1": "low", "layer4": "out"}
         if aux:
             layers["layer3"] = "aux"
@@ -122,7 +122,7 @@ def _backbone(name: str, pretrained_backbone: bool, aux: bool) -> tuple[nn.Modul
         except (OSError, RuntimeError) as exc:
             if weights is None:
                 raise
-            raise _offline_hint(f"deeplabv3plus_{name}", exc) from exc
+            raise offline_hint(f"deeplabv3plus_{name}", exc) from exc
         # Stage starts (strided blocks) as torchvision's DeepLabV3 finds them: ..., C1 (stride 4), C2 (8), C3 (16), last.
         stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
         low, aux_pos, out = stages[-5], stages[-4], stages[-1]
