@@ -94,6 +94,16 @@ def test_bad_config_override_is_a_clear_error(capsys):
     assert "lrr" in capsys.readouterr().err
 
 
+def test_config_names_a_shipped_preset_or_a_file(tmp_path, capsys):
+    from visiondoctor.config import load_config
+
+    assert load_config("demo").name == "demo" and load_config("text_query").model.name == "text_query_dense"
+    (tmp_path / "mine.yaml").write_text("name: mine\n")
+    assert load_config(tmp_path / "mine.yaml").name == "mine"
+    assert main(["train", "--config", "no_such_preset"]) == 2
+    assert "no_such_preset" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/datasets/bccd not present")
 def test_bccd_validates_and_converts(tmp_path, capsys):
     assert main(["data", "validate", str(SHARED), "--split", "train"]) == 0
