@@ -295,7 +295,7 @@ def test_train_text_query_end_to_end_and_query(tmp_path):
     cfg.train = replace(cfg.train, epochs=1, batch_size=2, warmup_steps=1, device="cpu")
     run = train_text_query(cfg, open_vocabulary_images=3, report=False)  # the report: see the test above
     analysis = run.read_json("text_query.json")
-    assert analysis["scoring"] == "consistent" and analysis["encoder"] == "hashed"
+    assert analysis["scoring"] == "iou_aware" and analysis["encoder"] == "hashed"
     assert {"candidates", "detections"} <= set(analysis["positives_vs_rest"])
     assert set(analysis["open_vocabulary"]["groups"]) == {"seen", "synonym", "unseen"}
     assert analysis["open_vocabulary"]["groups"]["unseen"]["queries"]["hexagon"]["seen_in_training"] is False

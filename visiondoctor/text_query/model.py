@@ -14,8 +14,8 @@ The detection score is a stated function of these (`score_fn`):
 - seed:       score = sigmoid(s)   (the seed's CAM confidence; quality neither trained nor used);
 - iou_aware:  score = sigmoid(s), with s itself trained to the IoU of its box at positives and 0
               elsewhere (quality focal loss; one score, no separate quality branch).
-Both emit a box from every location above the score threshold; they differ in whether that
-score knows anything about the box.
+All emit a box from every location above the score threshold; they differ in whether that
+score knows anything about the box. iou_aware is the default (measured best, docs/text_query.md).
 
 torchvision's contract: train mode returns a dict of named losses (so the project's Trainer
 trains it), eval mode a list of {boxes, scores, labels, locations} per image, where labels
@@ -41,6 +41,9 @@ from visiondoctor.text_query.encoder import EMBED_DIM
 from visiondoctor.text_query.loss import LossConfig, text_query_losses
 
 #: The loss settings each scoring needs (LossConfig fields); other fields come from `loss`.
+#: The default: the one scoring measured better than the seed's on both mAP and score-IoU rank
+#: correlation (benchmarks/text_query.py; the separate quality branch was not, see docs/text_query.md).
+DEFAULT_SCORING = "iou_aware"
 SCORING_LOSS = {"consistent": {"train_quality": True, "cls_target": "binary"},
                 "seed": {"train_quality": False, "cls_target": "binary"},
                 "iou_aware": {"train_quality": False, "cls_target": "iou"}}
@@ -96,7 +99,7 @@ def _tower(channels: int, depth: int) -> nn.Sequential:
 
 
 class TextQueryDetector(nn.Module):
-    def __init__(self, class_embeddings: torch.Tensor, scoring: str = "consistent", quality_weight: float = 0.5,
+    def __init__(self, class_embeddings: torch.Tensor, scoring: str = DEFAULT_SCORING, quality_weight: float = 0.5,
                  channels: int = 64, embed_dim: int = 64, pretrained_backbone: bool = False,
                  score_threshold: float = 0.05, nms_iou: float = 0.5, max_detections: int = 100,
                  pre_nms_top_k: int = 1000, loss: LossConfig | None = None):
@@ -218,7 +221,7 @@ class TextQueryDetector(nn.Module):
 
 @register(MODEL_NAME, task="detection", background_label=False)
 def text_query_dense(num_classes: int, class_names: Sequence[str] | None = None, encoder: str = "auto",
-                     embedding_cache: str | None = None, scoring: str = "consistent", quality_weight: float = 0.5,
+                     embedding_cache: str | None = None, scoring: str = DEFAULT_SCORING, quality_weight: float = 0.5,
                      image_size: int = 0, pretrained: bool = False, pretrained_backbone: bool = False,
                      loss: dict | None = None, **kwargs: Any) -> TextQueryDetector:
     """The text-query dense detector. `class_names` (the training queries, in label order) are
