@@ -96,57 +96,41 @@ def _ssdlite_mobilenet_v3_small(*, weights_backbone: Any = None, num_classes: in
     return SSD(backbone, anchor_generator, size, num_classes, head=head, **{**defaults, **kwargs})
 
 
-def _ssdlite(builder: Callable[..., nn.Module], name: str, weights_enum: Any, backbone_enum: Any,
-             num_classes: int, image_size: int, pretrained: bool, pretrained_backbone: bool,
-             anchor_min_ratio: float, anchor_max_ratio: float, **kwargs: Any) -> nn.Module:
-    """An SSDLite builder with default boxes spanning [anchor_min_ratio, anchor_max_ratio] of the
-    image and the input size made configurable."""
-    model = build_with_weights(builder, name, weights_enum, pretrained, backbone_enum, pretrained_backbone,
-                   num_classes=num_classes, **kwargs)
-    if (anchor_min_ratio, anchor_max_ratio) != (0.2, 0.95):
-        old = model.anchor_generator
-        model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio, max_ratio=anchor_max_ratio)
-    _fixed_size_transform(model, image_size)
-    return model
+def _ssdlite_style(builder: Callable[..., nn.Module], name: str, weights_enum: Any, backbone_enum: Any,
+                   doc: str) -> Callable[..., nn.Module]:
+    """A registered SSDLite builder with the input size and the default boxes' span
+    ([anchor_min_ratio, anchor_max_ratio] of the image) made configurable."""
+
+    def build(
+        num_classes: int, image_size: int = 320, pretrained: bool = False, pretrained_backbone: bool = False,
+        anchor_min_ratio: float = 0.2, anchor_max_ratio: float = 0.95, score_thresh: float = 0.001,
+        detections_per_img: int = 100,
+    ) -> nn.Module:
+        if pretrained and weights_enum is None:
+            raise no_detector_weights(name)
+        model = build_with_weights(builder, name, weights_enum, pretrained, backbone_enum, pretrained_backbone,
+                                   num_classes=num_classes, score_thresh=score_thresh,
+                                   detections_per_img=detections_per_img)
+        if (anchor_min_ratio, anchor_max_ratio) != (0.2, 0.95):
+            old = model.anchor_generator
+            model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio,
+                                                         max_ratio=anchor_max_ratio)
+        _fixed_size_transform(model, image_size)
+        return model
+
+    build.__name__, build.__doc__ = name, doc
+    return register(name, task="detection")(build)
 
 
-@register("ssdlite320_mobilenet_v3_large", task="detection")
-def ssdlite320_mobilenet_v3_large(
-    num_classes: int,
-    image_size: int = 320,
-    pretrained: bool = False,
-    pretrained_backbone: bool = False,
-    anchor_min_ratio: float = 0.2,
-    anchor_max_ratio: float = 0.95,
-    score_thresh: float = 0.001,
-    detections_per_img: int = 100,
-) -> nn.Module:
-    """SSDLite with a MobileNetV3-Large trunk. `anchor_min_ratio` sets the smallest default box
-    as a fraction of the image; lower it for small objects (the doctor's anchors.coverage says when)."""
-    return _ssdlite(tvd.ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_large",
-                    tvd.SSDLite320_MobileNet_V3_Large_Weights, tvd.ssdlite.MobileNet_V3_Large_Weights,
-                    num_classes, image_size, pretrained, pretrained_backbone, anchor_min_ratio, anchor_max_ratio,
-                    score_thresh=score_thresh, detections_per_img=detections_per_img)
-
-
-@register("ssdlite_mobilenet_v3_small", task="detection")
-def ssdlite_mobilenet_v3_small(
-    num_classes: int,
-    image_size: int = 320,
-    pretrained: bool = False,
-    pretrained_backbone: bool = False,
-    anchor_min_ratio: float = 0.2,
-    anchor_max_ratio: float = 0.95,
-    score_thresh: float = 0.001,
-    detections_per_img: int = 100,
-) -> nn.Module:
-    """SSDLite with a MobileNetV3-Small trunk: about a third of the Large variant's training cost
-    per image on CPU, which buys more passes over the data in a short CPU budget (the demo's model)."""
-    if pretrained:
-        raise no_detector_weights("ssdlite_mobilenet_v3_small")
-    return _ssdlite(_ssdlite_mobilenet_v3_small, "ssdlite_mobilenet_v3_small", None, MobileNet_V3_Small_Weights,
-                    num_classes, image_size, pretrained, pretrained_backbone, anchor_min_ratio, anchor_max_ratio,
-                    score_thresh=score_thresh, detections_per_img=detections_per_img)
+ssdlite320_mobilenet_v3_large = _ssdlite_style(
+    tvd.ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_large", tvd.SSDLite320_MobileNet_V3_Large_Weights,
+    tvd.ssdlite.MobileNet_V3_Large_Weights,
+    "SSDLite with a MobileNetV3-Large trunk. `anchor_min_ratio` sets the smallest default box as a "
+    "fraction of the image; lower it for small objects (the doctor's anchors.coverage says when).")
+ssdlite_mobilenet_v3_small = _ssdlite_style(
+    _ssdlite_mobilenet_v3_small, "ssdlite_mobilenet_v3_small", None, MobileNet_V3_Small_Weights,
+    "SSDLite with a MobileNetV3-Small trunk: about a third of the Large variant's training cost per image "
+    "on CPU, which buys more passes over the data in a short CPU budget (the demo's model).")
 
 
 @register("ssd300_vgg16", task="detection")
