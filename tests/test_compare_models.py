@@ -111,3 +111,43 @@ def test_ssdlite_mobilenet_v3_small_learns_and_detects():
     assert count_params(model) < 0.5 * count_params(large)
     with pytest.raises(RuntimeError, match="no COCO-pretrained"):
         create_model("ssdlite_mobilenet_v3_small", num_classes=3, pretrained=True)
+
+
+def _default_boxes(model: torch.nn.Module, size: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Feature-map sizes the backbone really produces at `size` px, and the default boxes on them."""
+    from torchvision.models.detection.image_list import ImageList
+
+    model.eval()
+    with torch.no_grad():
+        features = list(model.backbone(torch.zeros(1, 3, size, size)).values())
+        boxes = model.anchor_generator(ImageList(torch.zeros(1, 3, size, size), [(size, size)]), features)[0]
+    return [tuple(f.shape[-2:]) for f in features], boxes
+
+
+@pytest.mark.parametrize("name", ["ssdlite_mobilenet_v3_small", "ssdlite320_mobilenet_v3_large"])
+def test_stride8_level_adds_a_finer_level_that_reaches_small_objects(name):
+    from torchvision.ops import box_iou
+
+    plain = create_model(name, num_classes=3, image_size=320, anchor_min_ratio=0.15)
+    finer = create_model(name, num_classes=3, image_size=320, anchor_min_ratio=0.15, finest_stride=8)
+    plain_maps, plain_boxes = _default_boxes(plain, 320)
+    finer_maps, finer_boxes = _default_boxes(finer, 320)
+    assert finer_maps == [(40, 40), *plain_maps]  # one level in front, at stride 8; the others unchanged
+    assert finer.anchor_generator.scales == [plain.anchor_generator.scales[0] / 2, *plain.anchor_generator.scales]
+    # 20-px objects (under 16 px on a 160-px image seen at 320): the stride-16 level cannot reach them.
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(200, 2, generator=g) * 290
+    small = torch.cat([corners, corners + 20], dim=1)
+    reach = {label: float((box_iou(small, boxes).max(dim=1).values >= 0.5).float().mean())
+             for label, boxes in (("plain", plain_boxes), ("finer", finer_boxes))}
+    assert reach["plain"] < 0.05 and reach["finer"] > 0.9, reach
+
+
+def test_stride8_level_learns_and_detects():
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilenet_v3_small", num_classes=3, image_size=64, finest_stride=8)
+    losses = fit_steps(model, 64, steps=8, lr=0.02)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert_valid_detections(model, 3, 50, 70)
+    with pytest.raises(ValueError, match="finest_stride must be 8 or 16"):
+        create_model("ssdlite_mobilenet_v3_small", num_classes=3, finest_stride=4)

@@ -7,10 +7,11 @@ returns a dict of named losses, eval mode a list of {boxes, scores, labels}.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Small_Weights
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
@@ -96,6 +97,52 @@ def _ssdlite_mobilenet_v3_small(*, weights_backbone: Any = None, num_classes: in
     return SSD(backbone, anchor_generator, size, num_classes, head=head, **{**defaults, **kwargs})
 
 
+class Stride8SSDLiteExtractor(nn.Module):
+    """SSDLite's MobileNetV3 feature extractor with one more level in front, at stride 8.
+
+    torchvision's SSDLite predicts from stride 16 up; at 320 px its smallest default boxes sit on a
+    20x20 grid, so objects under ~32 px reach no box at IoU 0.5 and get one forced match at most.
+    The stride-8 level is taken the way SSDLite takes its stride-16 one (MobileNetV3 paper, section
+    6.3): from the expansion layer of the first block of the next stage. Every other level, and its
+    default boxes, stay as they were.
+    """
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        to_c4 = list(extractor.features[0])  # trunk[:c4] + trunk[c4].block[0] (torchvision's layout)
+        c3 = max(i for i, block in enumerate(to_c4[:-1]) if getattr(block, "_is_cn", False))
+        if to_c4[c3].use_res_connect:
+            raise ValueError("the first stride-16 block has a residual connection: no expansion layer to tap")
+        self.features = nn.Sequential(
+            nn.Sequential(*to_c4[:c3], to_c4[c3].block[0]),
+            nn.Sequential(to_c4[c3].block[1:], *to_c4[c3 + 1:]),
+            extractor.features[1],
+        )
+        self.extra = extractor.extra
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        outputs = []
+        for block in [*self.features, *self.extra]:
+            x = block(x)
+            outputs.append(x)
+        return OrderedDict((str(i), v) for i, v in enumerate(outputs))
+
+
+def _with_stride8_level(model: nn.Module, norm_layer: Callable[..., nn.Module]) -> None:
+    """Swap in the stride-8 extractor. Its default boxes are one octave below the old finest ones
+    (stride halved, scale halved); the head is rebuilt for the new level (freshly initialised)."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    old = model.anchor_generator
+    model.anchor_generator = DefaultBoxGenerator([old.aspect_ratios[0], *old.aspect_ratios],
+                                                 scales=[old.scales[0] / 2, *old.scales])
+    model.backbone = Stride8SSDLiteExtractor(model.backbone)
+    channels = det_utils.retrieve_out_channels(model.backbone, (320, 320))
+    num_classes = model.head.classification_head.num_columns
+    model.head = SSDLiteHead(channels, model.anchor_generator.num_anchors_per_location(), num_classes, norm_layer)
+
+
 def _ssdlite_style(builder: Callable[..., nn.Module], name: str, weights_enum: Any, backbone_enum: Any,
                    doc: str) -> Callable[..., nn.Module]:
     """A registered SSDLite builder with the input size and the default boxes' span
@@ -104,10 +151,12 @@ def _ssdlite_style(builder: Callable[..., nn.Module], name: str, weights_enum: A
     def build(
         num_classes: int, image_size: int = 320, pretrained: bool = False, pretrained_backbone: bool = False,
         anchor_min_ratio: float = 0.2, anchor_max_ratio: float = 0.95, score_thresh: float = 0.001,
-        detections_per_img: int = 100,
+        detections_per_img: int = 100, finest_stride: int = 16,
     ) -> nn.Module:
         if pretrained and weights_enum is None:
             raise no_detector_weights(name)
+        if finest_stride not in (8, 16):
+            raise ValueError(f"{name}: finest_stride must be 8 or 16, got {finest_stride}")
         model = build_with_weights(builder, name, weights_enum, pretrained, backbone_enum, pretrained_backbone,
                                    num_classes=num_classes, score_thresh=score_thresh,
                                    detections_per_img=detections_per_img)
@@ -115,6 +164,8 @@ def _ssdlite_style(builder: Callable[..., nn.Module], name: str, weights_enum: A
             old = model.anchor_generator
             model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio,
                                                          max_ratio=anchor_max_ratio)
+        if finest_stride == 8:
+            _with_stride8_level(model, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
         _fixed_size_transform(model, image_size)
         return model
 
