@@ -20,6 +20,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from visiondoctor.models.registry import register
 
 
+SSDLITE_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDLite batch norm
+
+
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights were asked for but could not be loaded (offline, or no such weights)."""
 
@@ -83,7 +86,7 @@ def _ssdlite_mobilenet_v3_small(*, weights_backbone: Any = None, num_classes: in
     from torchvision.models.detection.ssd import SSD
     from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
 
-    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    norm_layer = SSDLITE_NORM
     trunk = mobilenet_v3_small(weights=weights_backbone, norm_layer=norm_layer, reduced_tail=weights_backbone is None)
     if weights_backbone is None:
         _normal_init(trunk)  # torchvision's from-scratch initialisation for SSDLite trunks
@@ -165,7 +168,7 @@ def _ssdlite_style(builder: Callable[..., nn.Module], name: str, weights_enum: A
             model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=anchor_min_ratio,
                                                          max_ratio=anchor_max_ratio)
         if finest_stride == 8:
-            _with_stride8_level(model, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+            _with_stride8_level(model, SSDLITE_NORM)
         _fixed_size_transform(model, image_size)
         return model
 
@@ -177,11 +180,13 @@ ssdlite320_mobilenet_v3_large = _ssdlite_style(
     tvd.ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_large", tvd.SSDLite320_MobileNet_V3_Large_Weights,
     tvd.ssdlite.MobileNet_V3_Large_Weights,
     "SSDLite with a MobileNetV3-Large trunk. `anchor_min_ratio` sets the smallest default box as a "
-    "fraction of the image; lower it for small objects (the doctor's anchors.coverage says when).")
+    "fraction of the image; lower it, or add a stride-8 level with `finest_stride=8`, for small objects "
+    "(the doctor's anchors.coverage says when).")
 ssdlite_mobilenet_v3_small = _ssdlite_style(
     _ssdlite_mobilenet_v3_small, "ssdlite_mobilenet_v3_small", None, MobileNet_V3_Small_Weights,
     "SSDLite with a MobileNetV3-Small trunk: about a third of the Large variant's training cost per image "
-    "on CPU, which buys more passes over the data in a short CPU budget (the demo's model).")
+    "on CPU, which buys more passes over the data in a short CPU budget (the demo's model, with "
+    "`finest_stride=8`).")
 
 
 @register("ssd300_vgg16", task="detection")
