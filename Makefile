@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/visiondoctor demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 clean:

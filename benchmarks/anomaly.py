@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from visiondoctor.config import load_config  # noqa: E402
 from visiondoctor.data.synth.streets import generate_streets  # noqa: E402
 from visiondoctor.tasks.anomaly import run_anomaly  # noqa: E402
-from visiondoctor.tasks.segmentation import train  # noqa: E402
+from visiondoctor.tasks.pipeline import task_for, train  # noqa: E402
 
 METHODS = ("msp", "maxlogit", "energy", "sml")
 # Hendrycks et al., "Scaling Out-of-Distribution Detection for Real-World Settings" (ICML 2022),
@@ -56,7 +56,7 @@ def main() -> int:
         "train.warmup_steps=50", f"train.seed={args.seed}", f"output_dir={out}", "name=run", "train.eval_every=5",
     ])
     started = time.perf_counter()
-    run = train(cfg)
+    run = train(task_for(cfg), cfg)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     result = run_anomaly(run.path, METHODS)

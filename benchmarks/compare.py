@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from visiondoctor.config import load_config  # noqa: E402
 from visiondoctor.report.compare import build_comparison_report  # noqa: E402
-from visiondoctor.tasks.detection import train  # noqa: E402
+from visiondoctor.tasks.pipeline import task_for, train  # noqa: E402
 from visiondoctor.tasks.speed import measure_run  # noqa: E402
 
 # Anchor settings scaled to small images (torchvision's defaults target 300-800 px inputs).
@@ -49,7 +49,7 @@ def train_one(model: str, args: argparse.Namespace, out: Path) -> Path:
         "train.epochs=1000", f"train.max_minutes={args.minutes}", "train.batch_size=8", f"train.lr={args.lr}",
         "train.warmup_steps=30", "train.monitors=false", f"train.seed={args.seed}", f"output_dir={out}", f"name={model}",
     ])
-    return train(cfg).path
+    return train(task_for(cfg), cfg).path
 
 
 def fmt(v: object, digits: int = 3) -> str:

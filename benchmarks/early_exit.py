@@ -63,13 +63,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from visiondoctor.early_exit.analysis import calibrate_and_analyse
-    from visiondoctor.tasks import detection
+    from visiondoctor.tasks.pipeline import task_for, train
 
     started = time.perf_counter()
     cfg = config_from_dict(config(args.out, args.minutes))
     run_path = cfg.run_path
     if not (args.reuse and any((run_path / "checkpoints").glob("**/*.pt"))):
-        detection.train(cfg, resume=args.resume)
+        train(task_for(cfg), cfg, resume=args.resume)
     trained_s = time.perf_counter() - started
     result = calibrate_and_analyse(run_path, max_map_drop=args.max_map_drop, latency_images=args.latency_images)
     report(RunDir(run_path), result, trained_s, time.perf_counter() - started)

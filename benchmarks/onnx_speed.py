@@ -32,7 +32,7 @@ DEFAULT_MODELS = "ssdlite320_mobilenet_v3_large,ssd_mobilenet_v2_fpnlite,fasterr
 def load(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int, torch.Tensor | None]]:
     if args.runs:
         from visiondoctor.rundir import RunDir
-        from visiondoctor.tasks.detection import load_run_model
+        from visiondoctor.tasks.pipeline import load_run_model
 
         out = []
         for path in args.runs:

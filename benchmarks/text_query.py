@@ -55,7 +55,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_variant(scoring: str, args: argparse.Namespace) -> tuple[dict, float]:
-    from visiondoctor.text_query.task import default_config, train_text_query
+    from visiondoctor.tasks.pipeline import train
+    from visiondoctor.text_query.task import TextQueryTask, default_config
 
     cfg = default_config(name=scoring, output_dir=args.out, scoring=scoring, encoder=args.encoder,
                          loss={"quality_target": args.quality_target})
@@ -66,7 +67,7 @@ def run_variant(scoring: str, args: argparse.Namespace) -> tuple[dict, float]:
     cfg.train = replace(cfg.train, epochs=epochs, batch_size=args.batch, lr=args.lr, seed=args.seed,
                         eval_every=epochs, checkpoint_every=epochs, device="cpu")
     started = time.perf_counter()
-    run = train_text_query(cfg, open_vocabulary_images=args.ov_images)
+    run = train(TextQueryTask(open_vocabulary_images=args.ov_images), cfg)
     elapsed = time.perf_counter() - started
     return {"metrics": run.read_json("metrics.json"), "analysis": run.read_json("text_query.json"),
             "steps": run.read_json("train_result.json")["steps"], "run": str(run.path)}, elapsed

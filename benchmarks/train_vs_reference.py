@@ -28,7 +28,10 @@ sys.path.insert(0, str(ROOT))
 from visiondoctor.config import load_config  # noqa: E402
 from visiondoctor.data.dataset import DetectionDataset, collate_detection  # noqa: E402
 from visiondoctor.presets import preset_path  # noqa: E402
-from visiondoctor.tasks import detection  # noqa: E402
+from visiondoctor.data.detection import load_detection_data  # noqa: E402
+from visiondoctor.doctor.from_run import read_history  # noqa: E402
+from visiondoctor.tasks.detection import DetectionTask, evaluate_model  # noqa: E402
+from visiondoctor.tasks.pipeline import load_run_model, train  # noqa: E402
 
 
 TARGET_MAP50 = 0.8  # the demo's target (issue 2), checked on both held-out splits
@@ -37,7 +40,7 @@ TARGET_MAP50 = 0.8  # the demo's target (issue 2), checked on both held-out spli
 def reference_loop(cfg, data, minutes: float) -> tuple[torch.nn.Module, float]:
     """torchvision references/detection style training for a wall-clock budget."""
     torch.manual_seed(cfg.train.seed)
-    model = detection.build_model(cfg, data.category_map)
+    model = DetectionTask().build_model(cfg, data.categories(), None)
     transforms = v2.Compose([v2.RandomHorizontalFlip(0.5), v2.ToDtype(torch.float32, scale=True),
                              v2.SanitizeBoundingBoxes()])
     loader = DataLoader(DetectionDataset(data.train, data.category_map, transforms), batch_size=cfg.train.batch_size,
@@ -83,15 +86,15 @@ def main() -> None:
     cfg = load_config(preset_path(args.preset))
     minutes = args.minutes or cfg.train.max_minutes
     cfg = replace(cfg, output_dir=args.out, name="visiondoctor", train=replace(cfg.train, max_minutes=minutes))
-    data = detection.load_data(cfg)
+    data = load_detection_data(cfg)
     device = torch.device("cpu")
 
     started = time.perf_counter()
-    run = detection.train(cfg)
+    run = train(DetectionTask(), cfg)
     demo_wall = time.perf_counter() - started
-    history = [r for r in detection.read_history(run) if r.get("split") == "train"]
+    history = [r for r in read_history(run.history) if r.get("split") == "train"]
     ours_rate = sum(float(r["images_per_s"]) for r in history) / max(1, len(history))
-    ours_model, _, _ = detection.load_run_model(run, device)
+    ours_model, _, _ = load_run_model(run, device)
 
     ref_model, ref_rate = reference_loop(cfg, data, minutes)
 
@@ -100,9 +103,9 @@ def main() -> None:
     print(f"{'':22s}{'reference loop':>16s}{'visiondoctor':>16s}{'ratio':>8s}")
     held_out = {}
     for split, index in (("val", data.val), ("test", data.test)):
-        ours = detection.evaluate_model(ours_model, index, data.category_map, cfg, device)
+        ours = evaluate_model(ours_model, index, data.category_map, cfg, device)
         held_out[split] = ours["map50"]
-        ref = detection.evaluate_model(ref_model, index, data.category_map, cfg, device)
+        ref = evaluate_model(ref_model, index, data.category_map, cfg, device)
         for label, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"), ("mAP small", "map_small")):
             r, o = ref[key], ours[key]
             print(f"{split + ' ' + label:22s}{r:16.3f}{o:16.3f}{(o / r if r else float('inf')):8.2f}"

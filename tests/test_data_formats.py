@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from datafixtures import coco_dict, write_coco_dataset, write_image, write_voc_dataset, write_yolo_dataset
-from visiondoctor.data.formats import FORMATS, detect_format, list_splits, load_detection, match_split
+from visiondoctor.data.formats import detect_format, formats_for, list_splits, load_detection, match_split
 from visiondoctor.data.formats.coco import read_coco, to_coco_dict, write_coco
 from visiondoctor.data.formats.voc import read_voc
 from visiondoctor.data.formats.yolo import read_yolo
@@ -115,7 +115,7 @@ def test_check_images_off_trusts_json(tmp_path):
 
 
 def test_unknown_folder_and_format(tmp_path):
-    assert set(FORMATS) == {"coco", "voc", "yolo"}
+    assert {f.name for f in formats_for("detection")} == {"coco", "voc", "yolo"}
     with pytest.raises(DataError, match="no detection dataset recognised"):
         load_detection(tmp_path)
     with pytest.raises(DataError, match="no such file"):

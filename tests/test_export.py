@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 from tinyruns import SMALL_RCNN, train_tiny_run  # noqa: E402
 from visiondoctor.data.images import load_rgb  # noqa: E402
 from visiondoctor.rundir import RunDir  # noqa: E402
-from visiondoctor.tasks.detection import load_run_model  # noqa: E402
+from visiondoctor.tasks.pipeline import load_run_model  # noqa: E402
 from visiondoctor.tasks.export import OnnxDetector, export_run, parity  # noqa: E402
 
 

@@ -12,7 +12,9 @@ from torchvision import tv_tensors
 
 from visiondoctor.config import load_config
 from visiondoctor.data.synth.streets import generate_streets
-from visiondoctor.tasks.segmentation import SegmentationDataset, load_data, segmentation_transforms
+from visiondoctor.data.segmentation import SegmentationDataset, segmentation_transforms
+from visiondoctor.data.segmentation import load_segmentation_data as load_data
+from visiondoctor.tasks.pipeline import evaluate_run, task_for, train
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,13 @@ def _cfg(root: Path, out: Path, *extra: str):
 
 
 def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from visiondoctor.tasks import anomaly, segmentation
+    from visiondoctor.tasks import anomaly, pipeline
 
-    build_report = segmentation.build_report_with_sections
-    for module in (anomaly, segmentation):  # the report is built once, at the end (it is the slow part)
-        monkeypatch.setattr(module, "build_report_with_sections", lambda run: None)
-    run = segmentation.train(_cfg(streets, tmp_path))
+    build_report = pipeline.build_report
+    for module in (anomaly, pipeline):  # the report is built once, at the end (it is the slow part)
+        monkeypatch.setattr(module, "build_report", lambda run: None)
+    cfg = _cfg(streets, tmp_path)
+    run = train(task_for(cfg), cfg)
     metrics = json.loads(run.metrics.read_text())
     assert metrics["num_images"] == metrics["total_images"] == 4 and "subset" not in metrics
     assert set(metrics["per_class"]) == set(json.loads(run.categories.read_text())["names"][:13])
@@ -54,7 +57,7 @@ def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path, monkeypatc
     with np.load(run.path / "anomaly_examples.npz", allow_pickle=False) as ex:
         assert ex["gt"].shape[0] == ex["score_sml"].shape[0] >= 1
 
-    sub = segmentation.evaluate_run(run.path, split="test", max_images=2)
+    sub = evaluate_run(run.path, split="test", max_images=2)
     assert sub["subset"] == {"evaluated_images": 2, "total_images": 4}
     assert "eval.sample-bias" in {f["id"] for f in json.loads(run.diagnosis_json.read_text())}
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from visiondoctor.text_query import encoder as enc
-from visiondoctor.text_query.assign import assign_positives, location_centres, quality_targets
-from visiondoctor.text_query.loss import LossConfig, text_query_losses
-from visiondoctor.text_query.model import TextQueryDetector, score_fn
+from visiondoctor.models.text_query import encoder as enc
+from visiondoctor.models.text_query.assign import assign_positives, location_centres, quality_targets
+from visiondoctor.models.text_query.loss import LossConfig, text_query_losses
+from visiondoctor.models.text_query.model import TextQueryDetector, score_fn
 
 NAMES = ["circle", "square", "triangle", "star", "cross"]
 
@@ -285,15 +285,17 @@ def test_report_section_renders_the_check_and_the_verdict(tmp_path):
 
 
 # ----- one tiny run end to end --------------------------------------------------------------------
-def test_train_text_query_end_to_end_and_query(tmp_path):
+def test_train_text_query_end_to_end_and_query(tmp_path, monkeypatch):
+    from visiondoctor.tasks import pipeline
     from visiondoctor.text_query.inference import query
-    from visiondoctor.text_query.task import default_config, train_text_query
+    from visiondoctor.text_query.task import TextQueryTask, default_config
 
     cfg = default_config("tiny", str(tmp_path), encoder="hashed", channels=32, embed_dim=32)
     cfg.data = replace(cfg.data, synth_images=4, synth_options={**cfg.data.synth_options, "num_val": 3,
                                                                  "image_size": 64, "max_size": 30})
     cfg.train = replace(cfg.train, epochs=1, batch_size=2, warmup_steps=1, device="cpu")
-    run = train_text_query(cfg, open_vocabulary_images=3, report=False)  # the report: see the test above
+    monkeypatch.setattr(pipeline, "build_report", lambda run: None)  # the report: see the test above
+    run = pipeline.train(TextQueryTask(open_vocabulary_images=3), cfg)
     analysis = run.read_json("text_query.json")
     assert analysis["scoring"] == "iou_aware" and analysis["encoder"] == "hashed"
     assert {"candidates", "detections"} <= set(analysis["positives_vs_rest"])

@@ -1,12 +1,12 @@
 """Tiny finished runs for tests that need a run directory (export, video, latency): real training
-through `visiondoctor.tasks.detection.train` on a small shapes set, a few steps."""
+through the run pipeline (`visiondoctor.tasks.pipeline.train`) on a small shapes set, a few steps."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 from visiondoctor.config import load_config
-from visiondoctor.tasks.detection import train
+from visiondoctor.tasks.pipeline import task_for, train
 
 SHAPES_96 = ["data.synth=shapes", "data.synth_images=16",
              "data.synth_options={num_val: 4, num_test: 2, image_size: 96, min_size: 16, max_size: 48}"]
@@ -19,4 +19,4 @@ def train_tiny_run(out: Path, model: str, epochs: int = 2, extra: Sequence[str] 
     cfg = load_config(None, [*SHAPES_96, f"model.name={model}", "model.image_size=96", f"train.epochs={epochs}",
                              "train.batch_size=8", "train.warmup_steps=2", "train.lr=0.02", "train.monitors=false",
                              f"output_dir={out}", f"name={model}", *extra])
-    return train(cfg).path
+    return train(task_for(cfg), cfg).path

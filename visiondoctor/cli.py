@@ -2,14 +2,49 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.table import Table
+
+import visiondoctor.early_exit  # noqa: F401 - importing a feature registers its task and report sections
+import visiondoctor.incremental  # noqa: F401
+import visiondoctor.text_query  # noqa: F401
+from visiondoctor.config import Config, ConfigError, load_config
+from visiondoctor.data.formats import load_detection
+from visiondoctor.data.samples import DataError
+from visiondoctor.data.synth import generate
+from visiondoctor.data.validate import convert, format_report, validate
+from visiondoctor.doctor.zoo import ZOO, evaluate_case
+from visiondoctor.early_exit.analysis import calibrate_and_analyse
+from visiondoctor.engine import distributed
+from visiondoctor.engine.checkpoint import CheckpointError
+from visiondoctor.incremental.task import IncrementalOptions, run_phases
+from visiondoctor.models.detection import WeightsUnavailable
+from visiondoctor.models.registry import available_models, get_entry
+from visiondoctor.presets import preset_path
+from visiondoctor.report.compare import ComparisonError, build_comparison_report
+from visiondoctor.rundir import RunDir
+from visiondoctor.safety import forbid_unpickling
+from visiondoctor.tasks import pipeline
+from visiondoctor.tasks.anomaly import run_anomaly
+from visiondoctor.tasks.diagnose import diagnose_cli
+from visiondoctor.tasks.export import ExportError, export_run
+from visiondoctor.tasks.speed import measure_run
+from visiondoctor.tasks.video import predict_media
+from visiondoctor.text_query.inference import query
 
 console = Console(stderr=True)
+
+# Exceptions that are the user's input, not our bug: printed as a message, exit status 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError, ConfigError, ComparisonError, ExportError, CheckpointError, WeightsUnavailable, FileNotFoundError,
+    ValueError, KeyError,
+)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -22,9 +57,7 @@ def command(name: str) -> Callable:
     return wrap
 
 
-def _config(args: argparse.Namespace):
-    from visiondoctor.config import load_config
-
+def _config(args: argparse.Namespace) -> Config:
     overrides = list(args.set or [])
     for flag, key in (("task", "task"), ("data", "data.path"), ("format", "data.format"), ("model", "model.name"),
                       ("name", "name"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
@@ -36,34 +69,12 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _task_module(cfg):
-    """The task package a config trains with: the text-query detector has its own training and
-    evaluation (same signatures as the detection task's), every other model its task's."""
-    if cfg.model.name == "text_query_dense":
-        from visiondoctor.text_query import task as text_query
-
-        return text_query
-    task = cfg.task
-    if task == "detection":
-        from visiondoctor.tasks import detection
-
-        return detection
-    if task == "segmentation":
-        from visiondoctor.tasks import segmentation
-
-        return segmentation
-    raise ValueError(f"task={task!r}: expected detection or segmentation")
-
-
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from visiondoctor.config import load_config
-    from visiondoctor.presets import preset_path
-
     cfg = load_config(preset_path("demo_quick" if args.quick else "demo"), list(args.set or []))
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    run = _task_module(cfg).train(cfg)
+    run = pipeline.train(pipeline.task_for(cfg), cfg)
     _print_summary(run)
     return 0
 
@@ -72,48 +83,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.phases:
-        from visiondoctor.incremental.task import IncrementalOptions, run_phases
-
         options = IncrementalOptions(memory_per_class=args.memory_per_class, phase_steps=args.phase_steps,
                                      reuse_base=args.reuse_base or "")
         run_phases(cfg, None if args.phases == "auto" else args.phases, args.method, options)
         print(f"report: {cfg.run_path / 'report.html'}")
         return 0
-    extra = {}
-    if cfg.task == "segmentation":
-        extra = {"loss_file": args.loss_file, "anomaly_class": args.anomaly_class}
-    elif args.loss_file or args.anomaly_class is not None:
+    options = {k: v for k, v in (("loss_file", args.loss_file), ("anomaly_class", args.anomaly_class)) if v is not None}
+    task = pipeline.task_for(cfg)
+    if options and not set(options) <= set(task.option_names()):
         raise ValueError("--loss-file and --anomaly-class apply to --task segmentation")
-    run = _task_module(cfg).train(cfg, resume=args.resume, **extra)
+    run = pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=args.resume)
     _print_summary(run)
     return 0
 
 
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
-    from visiondoctor.config import load_config
-    from visiondoctor.rundir import RunDir
-
     if args.max_map_drop is not None or args.target_latency_ms is not None:
         args.early_exit = True
     if args.early_exit:
-        from visiondoctor.early_exit.analysis import calibrate_and_analyse
-
         result = calibrate_and_analyse(args.run, max_map_drop=args.max_map_drop,
                                        target_latency_ms=args.target_latency_ms, split=args.split,
                                        latency_images=args.latency_images)
         _print_early_exit(result)
     else:
-        cfg = load_config(RunDir.open(args.run).config)
-        metrics = _task_module(cfg).evaluate_run(args.run, split=args.split, max_images=args.max_images)
+        metrics = pipeline.evaluate_run(args.run, split=args.split, max_images=args.max_images)
         _print_metrics(metrics)
     console.print(f"report: {Path(args.run) / 'report.html'}")
     return 0
 
 
 def _print_early_exit(result: dict) -> None:
-    from rich.table import Table
-
     point, held = result["operating_point"], result.get("held_out") or {}
     table = Table("", f"calibration ({result['calibration_split']})",
                   f"held out ({result.get('held_out_split') or '-'})")
@@ -130,10 +130,6 @@ def _print_early_exit(result: dict) -> None:
 
 @command("query")
 def cmd_query(args: argparse.Namespace) -> int:
-    import json
-
-    from visiondoctor.text_query.inference import query
-
     detections = query(args.run, args.image, args.queries, score_threshold=args.threshold)
     print(json.dumps(detections, indent=1))
     return 0
@@ -141,8 +137,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    from visiondoctor.tasks.video import predict_media
-
     outputs = predict_media(args.run, args.input, args.out, threshold=args.threshold, runtime=args.runtime)
     for out in outputs:
         console.print(f"predictions written to {out}")
@@ -151,32 +145,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from visiondoctor.tasks.export import export_run
-
     console.print(f"exported: {export_run(args.run, args.format, args.out, opset=args.opset)}")
     return 0
 
 
 @command("speed")
 def cmd_speed(args: argparse.Namespace) -> int:
-    from visiondoctor.tasks.speed import measure_run
-
     console.print(f"latency written to {measure_run(args.run, runs=args.runs, threads=args.threads)}")
     return 0
 
 
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from visiondoctor.report.html import build_report
-
-    console.print(f"report: {build_report(args.run)}")
+    console.print(f"report: {pipeline.build_report(RunDir.open(args.run))}")
     return 0
 
 
 @command("diagnose")
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from visiondoctor.doctor.diagnose import diagnose_cli
-
     if args.run:  # a run directory: its resolved config is the starting point
         args.config = str(Path(args.run) / "config.yaml")
     findings = diagnose_cli(args)
@@ -186,8 +172,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 @command("zoo")
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from visiondoctor.doctor.zoo import ZOO, evaluate_case
-
     if args.zoo_command == "list":
         for case in ZOO.values():
             print(f"{case.name:28s} {case.expected_id:32s} {case.bug}")
@@ -206,8 +190,6 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 @command("anomaly")
 def cmd_anomaly(args: argparse.Namespace) -> int:
-    from visiondoctor.tasks.anomaly import run_anomaly
-
     result = run_anomaly(args.run, methods=args.methods, anomaly_class=args.anomaly_class, split=args.split,
                          max_images=args.max_images)
     print(f"anomaly scores of {', '.join(result['methods_order'])} on the {result['split']} split: "
@@ -217,8 +199,6 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    from visiondoctor.report.compare import build_comparison_report
-
     console.print(f"comparison report: {build_comparison_report([Path(r) for r in args.runs], Path(args.out))}")
     return 0
 
@@ -226,22 +206,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 @command("data")
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from visiondoctor.data.synth import generate
-
         kwargs = {"preset": args.preset} if args.preset else {}
         generate(args.kind, args.out, num_images=args.num_train, seed=args.seed, **kwargs)
         console.print(f"{args.kind} dataset written to {args.out}")
         return 0
     if args.data_command == "validate":
-        from visiondoctor.data.formats import load_detection
-        from visiondoctor.data.validate import format_report, validate
-
         report = validate(load_detection(args.path, args.format, args.split))
         print(format_report(report))
         return 1 if report.refused else 0  # refused records would be lost: not usable as is
     if args.data_command == "convert":
-        from visiondoctor.data.validate import convert
-
         result = convert(args.path, args.format, args.split, args.out)
         console.print(f"written {result.out_path} ({len(result.index.records)} images, {result.index.num_boxes} boxes; "
                       f"file names relative to {result.images_root})")
@@ -250,8 +223,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    from rich.table import Table
-
     table = Table("metric", "value")
     for key, value in metrics.items():
         if isinstance(value, (int, float)):
@@ -268,11 +239,7 @@ def _print_findings(findings: list[dict]) -> None:
             print(f"      fix: {f['fix']}")
 
 
-def _print_summary(run) -> None:
-    import json
-
-    from visiondoctor.engine import distributed
-
+def _print_summary(run: RunDir) -> None:
     if not distributed.is_main():
         return
 
@@ -424,8 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
-    from visiondoctor.models.registry import available_models, get_entry
-
     for name in available_models():
         print(f"{name:40s} {get_entry(name).task}")
     return 0
@@ -434,10 +399,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from visiondoctor.errors import USER_ERRORS
-
-    from visiondoctor.safety import forbid_unpickling
-
     try:
         with forbid_unpickling():  # pretrained weights and checkpoints: tensors only, never pickled objects
             return COMMANDS[args.command](args)

@@ -8,6 +8,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from visiondoctor.presets import preset_path
+from visiondoctor.rundir import write_bytes_atomic
+
 
 @dataclass
 class DataConfig:
@@ -145,8 +148,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     apply `a.b=value` overrides (values parsed as YAML scalars)."""
     values: dict[str, Any] = {}
     if path and not Path(path).exists() and not Path(path).suffix and "/" not in str(path):
-        from visiondoctor.presets import preset_path
-
         path = preset_path(str(path))
     if path:
         try:
@@ -171,6 +172,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    from visiondoctor.rundir import write_bytes_atomic
-
     write_bytes_atomic(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))

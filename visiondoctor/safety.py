@@ -20,6 +20,8 @@ from typing import Iterator
 
 import torch
 
+from visiondoctor.rundir import write_bytes_atomic
+
 log = logging.getLogger(__name__)
 
 FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -50,10 +52,9 @@ def forbid_unpickling() -> Iterator[None]:
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write a state dict (tensors only) as .safetensors, atomically."""
     try:
-        from safetensors.torch import save
+        from safetensors.torch import save  # deferred: the optional `safetensors` extra
     except ImportError as exc:
         raise ImportError(SAFETENSORS_HINT) from exc
-    from visiondoctor.rundir import write_bytes_atomic
 
     # contiguous copies: safetensors refuses strided (channels_last) and storage-sharing tensors
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
@@ -63,7 +64,7 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path) -> P
 def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read a .safetensors state dict onto `device`."""
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: the optional `safetensors` extra
     except ImportError as exc:
         raise ImportError(SAFETENSORS_HINT) from exc
     return load_file(str(path), device=str(device))

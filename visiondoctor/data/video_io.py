@@ -24,7 +24,7 @@ class VideoError(RuntimeError):
 
 def _av():
     try:
-        import av
+        import av  # deferred: the optional `video` extra (PyAV)
     except ImportError as exc:
         raise ImportError(f"{VIDEO_HINT} ({exc})") from exc
     return av

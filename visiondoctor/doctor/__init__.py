@@ -1,35 +1,23 @@
 """The doctor: static/probe checks, training monitors and evaluation checks that name the root cause
 of a failing detection or segmentation training run, with the evidence and the fix.
 
-Public API (imported lazily so `import visiondoctor.doctor` stays light):
+Public API:
     Doctor            attach to your own loop (visiondoctor.doctor.api)
     TrainingMonitor   the engine Callback (visiondoctor.doctor.monitor)
     diagnose          static checks + monitored training + overfit probe + evaluation (visiondoctor.doctor.diagnose)
+    static_checks     the probe stage alone (visiondoctor.doctor.static)
     Finding, CATALOGUE
+Checks are plug-ins of visiondoctor.doctor.checks.
 """
 from __future__ import annotations
 
-from typing import Any
-
+from visiondoctor.doctor.api import Doctor
+from visiondoctor.doctor.diagnose import diagnose, load_factory
 from visiondoctor.doctor.findings import CATALOGUE, Finding
+from visiondoctor.doctor.monitor import TrainingMonitor
+from visiondoctor.doctor.overfit import overfit_one_batch
+from visiondoctor.doctor.runner import run_checks
+from visiondoctor.doctor.static import static_checks
 
-_LAZY = {
-    "Doctor": "visiondoctor.doctor.api",
-    "TrainingMonitor": "visiondoctor.doctor.monitor",
-    "diagnose": "visiondoctor.doctor.diagnose",
-    "diagnose_cli": "visiondoctor.doctor.diagnose",
-    "load_factory": "visiondoctor.doctor.diagnose",
-    "static_checks": "visiondoctor.doctor.static",
-    "run_checks": "visiondoctor.doctor.runner",
-    "overfit_one_batch": "visiondoctor.doctor.overfit",
-}
-
-__all__ = ["CATALOGUE", "Finding", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'visiondoctor.doctor' has no attribute {name!r}")
+__all__ = ["CATALOGUE", "Doctor", "Finding", "TrainingMonitor", "diagnose", "load_factory", "overfit_one_batch",
+           "run_checks", "static_checks"]

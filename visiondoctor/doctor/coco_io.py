@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from visiondoctor.evaluation.detections import detections_to_coco
+
 
 def coco_from_batches(targets: Sequence[dict], outputs: Sequence[dict], image_sizes: Sequence[tuple[int, int]],
                       min_score: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -24,12 +26,8 @@ def coco_from_batches(targets: Sequence[dict], outputs: Sequence[dict], image_si
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label),
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     for i, out in enumerate(outputs):
-        for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
-            if score < min_score:
-                continue
-            labels.add(int(label))
-            x1, y1, x2, y2 = box
-            results.append({"image_id": i, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": float(score)})
+        dets = detections_to_coco(out, i, score_threshold=min_score, rounded=False)
+        labels.update(d["category_id"] for d in dets)
+        results += dets
     categories = [{"id": c, "name": f"class {c}"} for c in sorted(labels)]
     return {"images": images, "annotations": annotations, "categories": categories}, results

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 
 ANCHOR_CLASS_NAME = re.compile(r"anchor|prior|defaultbox", re.IGNORECASE)
 
@@ -168,8 +169,6 @@ class AnchorRecord:
 
 def anchor_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """torchvision's AnchorGenerator / DefaultBoxGenerator, or a user's module named like one."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
-
     found = []
     for name, m in model.named_modules():
         if isinstance(m, (AnchorGenerator, DefaultBoxGenerator)) or (name and ANCHOR_CLASS_NAME.search(type(m).__name__)):

@@ -12,6 +12,11 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
+from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
 AUX_NAME = re.compile(r"(^|\.)aux", re.IGNORECASE)
 
@@ -43,12 +48,6 @@ def _channels(out: Any) -> int | None:
 def classification_heads(model: nn.Module) -> list[HeadRef]:
     """Every classification head of a torchvision detector or segmenter, auxiliary ones included,
     and for other models any top-level child named like an auxiliary head."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.fcos import FCOSClassificationHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
-    from torchvision.models.detection.ssd import SSDScoringHead
-
     heads: list[HeadRef] = []
     for name, m in model.named_modules():
         if isinstance(m, SSDScoringHead) and "regression" not in name and m.num_columns != 4:
@@ -79,10 +78,6 @@ class DenseParts:
 
 
 def dense_parts(model: nn.Module) -> DenseParts | None:
-    from torchvision.models.detection.fcos import FCOS
-    from torchvision.models.detection.retinanet import RetinaNet
-    from torchvision.models.detection.ssd import SSD
-
     if isinstance(model, SSD):
         return DenseParts("head", True, model.box_coder, False)
     if isinstance(model, RetinaNet):
@@ -94,8 +89,6 @@ def dense_parts(model: nn.Module) -> DenseParts | None:
 
 def is_anchor_free(model: nn.Module) -> bool:
     """FCOS keeps an AnchorGenerator only for its point grid; its anchors are not matched by IoU."""
-    from torchvision.models.detection.fcos import FCOS
-
     return isinstance(model, FCOS)
 
 

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visiondoctor.models.contract import ModelContractError, split_segmentation_outputs
+
+__all__ = ["LossFn", "ModelIO", "ModelContractError", "split_segmentation_outputs", "stack_images", "stack_masks",
+           "image_sizes", "total_loss", "AUX_WEIGHT"]
+
 LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 AUX_WEIGHT = 0.4
-
-
-class ModelContractError(TypeError):
-    """The model does not follow the conventions the doctor relies on."""
 
 
 @dataclass
@@ -75,15 +76,6 @@ def _as_loss_dict(out: Any, what: str) -> dict[str, torch.Tensor]:
     if isinstance(out, Mapping) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
         return {str(k): (v if v.dim() == 0 else v.mean()) for k, v in out.items()}
     raise ModelContractError(f"{what} must return a loss tensor or a dict of loss tensors in train mode, got {type(out).__name__}")
-
-
-def split_segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(main logits, auxiliary logits or None) from a tensor or a dict with `out` / `aux`."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs, None
-    if isinstance(outputs, Mapping) and "out" in outputs:
-        return outputs["out"], outputs.get("aux")
-    raise ModelContractError(f"segmentation output must be logits or a dict with 'out', got {type(outputs).__name__}")
 
 
 def stack_images(images: Any) -> torch.Tensor:

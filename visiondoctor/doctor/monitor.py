@@ -17,16 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from visiondoctor.doctor.checks import anchors as anchor_checks
-from visiondoctor.doctor.checks import gradients as grad_checks
 from visiondoctor.doctor.checks import losses as loss_checks
 from visiondoctor.doctor.checks import outputs as output_checks
+from visiondoctor.doctor.checks import run_stage
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.hooks import MatchRecorder, MatchStats
-from visiondoctor.doctor.runner import check_failed, dedupe, run_check, sort_findings
+from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
 from visiondoctor.engine.callbacks import Callback, TrainState
-
-NONFINITE_GRAD_STEPS_ERROR = 3  # a GradScaler skips an occasional fp16 overflow; repeated ones are a bug
 
 
 def infer_task(targets: Any) -> str:
@@ -184,18 +181,9 @@ class TrainingMonitor(Callback):
 
     def findings(self) -> list[Finding]:
         """Everything the monitor can say now (may be called at any time)."""
-        occasional = self._nonfinite_grad_steps < NONFINITE_GRAD_STEPS_ERROR  # a GradScaler skips those steps
-        out = [Finding(**{**f.to_dict(), "severity": "warning"}) if occasional and f.evidence.get("kind") != "loss component"
-               else f for f in self._nonfinite]
-        out += run_check(loss_checks.loss_balance_findings, self.loss_history, self.window)
-        out += run_check(loss_checks.not_learning_findings, self.total_history, self.steps, self.window)
-        out += run_check(grad_checks.grad_norm_findings, self.grad_history, self.grad_steps)
-        if self.matches:
-            out += run_check(anchor_checks.positives_findings, self.matches, self.match_steps[-1] if self.match_steps else None)
-        if self.output_stats:
-            last = self.output_stats[-1]
-            for check in (output_checks.check_background_collapse, output_checks.check_detections_per_image,
-                          output_checks.check_regression_range):
-                out += run_check(check, last)
-        out += self._errors
-        return sort_findings(dedupe(out))
+        out = run_stage("monitor", loss_history=self.loss_history, total_history=self.total_history, steps=self.steps,
+                        window=self.window, grad_history=self.grad_history, grad_steps=self.grad_steps,
+                        matches=self.matches or None, match_step=self.match_steps[-1] if self.match_steps else None,
+                        stats=self.output_stats[-1] if self.output_stats else None, nonfinite=self._nonfinite,
+                        nonfinite_grad_steps=self._nonfinite_grad_steps)
+        return sort_findings(dedupe(out + self._errors))

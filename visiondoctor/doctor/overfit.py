@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from visiondoctor.doctor.coco_io import coco_from_batches
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.model_io import ModelIO, image_sizes, split_segmentation_outputs, stack_masks, total_loss
 from visiondoctor.doctor.probe import model_device, to_device
+from visiondoctor.evaluation.coco import evaluate_detections
 
 LOSS_RATIO_PASS = 0.1  # "near zero": a tenth of the starting loss
 STILL_FALLING = 0.8  # last quarter's median loss below 80 % of the quarter before: not converged, not stuck
@@ -100,9 +102,6 @@ def batch_score(model: nn.Module, io: ModelIO, images: Any, targets: Any) -> flo
     finally:
         model.train()
     if io.task == "detection":
-        from visiondoctor.doctor.coco_io import coco_from_batches
-        from visiondoctor.evaluation.coco import evaluate_detections
-
         gt, dets = coco_from_batches(targets, out, image_sizes(images))
         if not gt["annotations"]:
             return None

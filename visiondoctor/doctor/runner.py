@@ -1,11 +1,15 @@
-"""Run checks so that one failing check never stops the others."""
+"""Run checks so that one failing check never stops the others.
+
+`sort_findings` (errors first) is the shared one of visiondoctor.findings, re-exported here."""
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from visiondoctor.doctor.findings import SEVERITY_ORDER, Finding
+from visiondoctor.findings import SEVERITY_ORDER, Finding, sort_findings
+
+__all__ = ["check_failed", "run_check", "run_checks", "dedupe", "sort_findings"]
 
 Check = Callable[..., list[Finding]]
 
@@ -45,11 +49,6 @@ def run_checks(checks: Iterable[Check], *args: Any, **kwargs: Any) -> list[Findi
     for check in checks:
         findings.extend(run_check(check, *args, **kwargs))
     return findings
-
-
-def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Errors first, then warnings, then info; stable within a severity."""
-    return sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
 
 
 def dedupe(findings: Iterable[Finding]) -> list[Finding]:

@@ -1,7 +1,7 @@
 """Short monitored training runs for the doctor, through the engine's Trainer (the project's one loop)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -9,6 +9,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visiondoctor.config import TrainConfig
+from visiondoctor.data.dataset import collate_detection
+from visiondoctor.data.segmentation import collate_segmentation
 from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.engine.trainer import Trainer, TrainResult
@@ -25,14 +27,9 @@ class StopAfter(Callback):
             state.stop = True
 
 
-def collate_for(task: str):
-    if task == "detection":
-        from visiondoctor.data.dataset import collate_detection
-
-        return collate_detection
-    from visiondoctor.tasks.segmentation import collate_segmentation
-
-    return collate_segmentation
+def collate_for(task: str) -> Callable[[list], tuple[Any, Any]]:
+    """The batch collation of the task's contract: lists for detection, stacked tensors for segmentation."""
+    return collate_detection if task == "detection" else collate_segmentation
 
 
 def short_config(steps: int, batch_size: int, dataset_len: int, lr: float, optimizer: str = "adamw",

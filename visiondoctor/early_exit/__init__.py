@@ -9,6 +9,6 @@ Where things live:
 - visiondoctor/early_exit/analysis.py        `calibrate_and_analyse(run_dir, ...)`: the whole analysis of a run
 - visiondoctor/early_exit/report_sections.py the report's "Early exit" section (from early_exit.json)
 
-Nothing is imported here, so the report's discovery of report_sections.py stays light; import
-`calibrate_and_analyse` / `apply_policy` from visiondoctor.early_exit.analysis.
+The model trains through the detection task; importing this package registers the report section.
 """
+from visiondoctor.early_exit import report_sections  # noqa: F401 - importing it registers the report section

@@ -21,6 +21,7 @@ exit" section is visiondoctor/early_exit/report_sections.py).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from pathlib import Path
@@ -29,14 +30,26 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchvision.io import write_png
 
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
+from visiondoctor.data.detection import load_detection_data
+from visiondoctor.data.formats.coco import to_coco_dict
+from visiondoctor.data.images import load_rgb
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
+from visiondoctor.doctor.checks.exits import check_exit_distribution
+from visiondoctor.doctor.diagnosis_file import update_diagnosis
+from visiondoctor.early_exit.latency import OnnxExitBackend, measure_paths, measure_policy, path_flops, path_name
+from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.evaluation import early_exit as policy
+from visiondoctor.evaluation.detections import detections_to_coco
 from visiondoctor.evaluation.latency import onnxruntime_available
 from visiondoctor.models.early_exit import CONFIDENCE_SIGNALS, EarlyExitSSDLite
-from visiondoctor.rundir import RunDir
+from visiondoctor.report.plots import Tile, tile_grid
+from visiondoctor.rundir import RunDir, write_bytes_atomic
+from visiondoctor.tasks.pipeline import build_report, load_run_model
+from visiondoctor.tasks.predict import annotate
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +66,6 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
     """Calibrate the run's exit thresholds on `split` to the budget (`max_map_drop` in AP units,
     0.01 = 1 point; or `target_latency_ms`, mean eager-PyTorch CPU ms per image; default: a 1-point
     drop), analyse, write the files and rebuild the report. Returns the early_exit.json content."""
-    from visiondoctor.engine.trainer import resolve_device
-    from visiondoctor.tasks.detection import build_report, load_data, load_run_model
-
     if max_map_drop is not None and target_latency_ms is not None:
         raise ValueError("give one budget: max_map_drop or target_latency_ms, not both")
     if max_map_drop is None and target_latency_ms is None:
@@ -66,7 +76,7 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
     if not isinstance(model, EarlyExitSSDLite):
         raise ValueError(f"{run.path}: model {cfg.model.name!r} has no early exits; train one with "
                          "--model ssdlite320_early_exit")
-    data = load_data(cfg, background=category_map.background)
+    data = load_detection_data(cfg, background=category_map.background)
     splits = {"train": data.train, "val": data.val, "test": data.test}
     if splits.get(split) is None:
         raise FileNotFoundError(f"{data.root}: no {split!r} split to calibrate on")
@@ -143,11 +153,13 @@ def calibrate_and_analyse(run_dir: str | Path, max_map_drop: float | None = None
 def collect_records(model: EarlyExitSSDLite, index: DetectionIndex, category_map: CategoryMap,
                     device: torch.device, batch_size: int = 8, score_threshold: float = 0.0) -> policy.ExitRecords:
     """Every exit's detections (COCO results at >= score_threshold) and every candidate signal for every image."""
-    from visiondoctor.data.formats.coco import to_coco_dict
-
     loader = DataLoader(DetectionDataset(index, category_map, detection_transforms(train=False)),
                         batch_size=batch_size, collate_fn=collate_detection)
     model.eval()
+
+    def category_of(label: int) -> int | None:
+        return None if label < category_map.offset else category_map.to_dataset_id(label)
+
     ids: list[int] = []
     predictions: list[list[list[dict]]] = [[] for _ in range(model.num_exits)]
     signals: dict[str, list[list[float]]] = {name: [] for name in CONFIDENCE_SIGNALS}
@@ -157,26 +169,12 @@ def collect_records(model: EarlyExitSSDLite, index: DetectionIndex, category_map
             image_id = int(target["image_id"])
             ids.append(image_id)
             for k, det in enumerate(exits):
-                predictions[k].append(coco_results(det, image_id, category_map, score_threshold))
+                predictions[k].append(detections_to_coco(det, image_id, category_of, score_threshold))
             for name, fn in CONFIDENCE_SIGNALS.items():
                 signals[name].append([fn(det) for det in exits])
     gt = {**to_coco_dict(index), "image_root": str(index.root)}
     return policy.ExitRecords(gt, list(model.exit_names), ids, predictions,
                               {name: np.asarray(v, dtype=np.float64) for name, v in signals.items()})
-
-
-def coco_results(det: dict[str, torch.Tensor], image_id: int, category_map: CategoryMap,
-                 score_threshold: float) -> list[dict]:
-    """One image's detections as COCO results (xywh, dataset category ids), as tasks/detection.predict writes them."""
-    out = []
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        if score < score_threshold or label < category_map.offset:
-            continue
-        x1, y1, x2, y2 = box
-        out.append({"image_id": image_id, "category_id": category_map.to_dataset_id(int(label)),
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(float(score), 5)})
-    return out
 
 
 def _images(index: DetectionIndex, n: int) -> list[torch.Tensor]:
@@ -196,10 +194,6 @@ def _measure_runtimes(model: EarlyExitSSDLite, images: list[torch.Tensor], image
                       onnx: bool) -> tuple[dict[str, Any], dict[str, Runtime]]:
     """Every path's latency per runtime: eager PyTorch on CPU always, ONNX Runtime (CPU) when it can
     run, eager PyTorch on CUDA when a GPU is present; and what each runtime runs."""
-    import copy
-
-    from visiondoctor.early_exit.latency import OnnxExitBackend, measure_paths, path_name
-
     out: dict[str, Any] = {"device": "cpu", "threads": threads, "images": len(images), "batch_size": 1}
     runtimes: dict[str, Runtime] = {"pytorch": (model, images, None)}
     if not onnx:
@@ -226,8 +220,6 @@ def _measure_runtimes(model: EarlyExitSSDLite, images: list[torch.Tensor], image
 def _measure_policy(thresholds: Sequence[float], signal: str, latency: dict[str, Any], runtimes: dict[str, Runtime],
                     threads: int) -> None:
     """The policy end to end against the full model alone, per runtime, on the same images."""
-    from visiondoctor.early_exit.latency import measure_policy
-
     for runtime, (m, imgs, backend) in runtimes.items():
         m.set_policy(thresholds, signal)
         stats = measure_policy(m, imgs, thresholds, backend, threads)
@@ -240,8 +232,6 @@ def _measure_policy(thresholds: Sequence[float], signal: str, latency: dict[str,
 def _flops(model: EarlyExitSSDLite, image: torch.Tensor, thresholds: Sequence[float], exits: np.ndarray,
            held_exits: np.ndarray | None) -> dict[str, Any] | None:
     """FLOPs of every path, of each exit under the policy, and the policy's mean against the full model's."""
-    from visiondoctor.early_exit.latency import path_flops
-
     try:
         paths = path_flops(model, image)
     except Exception as exc:  # noqa: BLE001 - an op the counter cannot handle leaves FLOPs unknown
@@ -272,8 +262,6 @@ def exit_statistics(records: policy.ExitRecords, signal: str, thresholds: Sequen
 
 def degenerate_findings(statistics: dict[str, Any]) -> list[dict[str, Any]]:
     """The doctor's `early-exit.degenerate` check on exit statistics (as exit_statistics writes them)."""
-    from visiondoctor.doctor.checks.exits import check_exit_distribution
-
     thresholds = [math.inf if t is None else float(t) for t in statistics["thresholds"]]
     found = check_exit_distribution(statistics["exit_indices"], statistics["exit_confidences"], thresholds,
                                     statistics["num_exits"])
@@ -293,14 +281,8 @@ def _json_safe(value: Any) -> Any:
 
 def merge_findings(run: RunDir, findings: list[dict[str, Any]]) -> None:
     """Replace the early-exit findings in diagnosis.json (and diagnosis.md) with `findings`."""
-    from visiondoctor.report.formatting import sort_findings
-    from visiondoctor.report.markdown import diagnosis_markdown
-
-    existing: Any = run.read_json("diagnosis.json") if run.diagnosis_json.exists() else []
-    listed = existing.get("findings", []) if isinstance(existing, dict) else list(existing)
-    merged = sort_findings([f for f in listed if not str(f.get("id", "")).startswith("early-exit.")] + findings)
-    run.write_json("diagnosis.json", merged if not isinstance(existing, dict) else {**existing, "findings": merged})
-    run.diagnosis_md.write_text(diagnosis_markdown(merged, f"Diagnosis of {run.path.name}"), encoding="utf-8")
+    update_diagnosis(run.path, findings, redone=lambda finding_id: finding_id.startswith("early-exit."),
+                     title=f"Diagnosis of {run.path.name}")
 
 
 # ----- pictures -------------------------------------------------------------------------------------------
@@ -308,13 +290,6 @@ def write_gallery(run: RunDir, records: policy.ExitRecords, index: DetectionInde
                   confidences: np.ndarray, category_map: CategoryMap, n: int, threshold: float) -> list[dict[str, Any]]:
     """Annotated images labelled with the exit they left at (a few per exit): one PNG per image in
     early_exit_images/, and a ground truth | prediction grid in plots/early_exit_gallery.png."""
-    from torchvision.io import write_png
-
-    from visiondoctor.data.images import load_rgb
-    from visiondoctor.report.plots import Tile, tile_grid
-    from visiondoctor.rundir import write_bytes_atomic
-    from visiondoctor.tasks.predict import annotate
-
     if n <= 0 or not records.image_ids:
         return []
     by_id = {r.image_id: r for r in index.records}

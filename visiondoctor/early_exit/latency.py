@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from visiondoctor.evaluation.early_exit import PathCost
 from visiondoctor.evaluation.latency import LatencyStats, ort_session, time_variants, torch_threads
@@ -75,8 +76,6 @@ def path_flops(model: EarlyExitSSDLite, image: Tensor) -> PathCost:
     2 per multiply-add). Counted once per trunk stage and per exit head, then summed along each path:
     decoding and NMS have no such operation, so the sum is the path's count. Unaffected by machine
     load, unlike latency."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     def count(fn: Callable[[], Any]) -> tuple[float, Any]:
         counter = FlopCounterMode(display=False)
         with counter:

@@ -11,9 +11,9 @@ the hook points through which the doctor's monitors watch the run.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +21,15 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiondoctor.config import TrainConfig
 from visiondoctor.engine import distributed as dist_utils
 from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.engine.checkpoint import load_latest, save_checkpoint
+from visiondoctor.engine.progress import EpochProgress
+from visiondoctor.rundir import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +236,6 @@ class Trainer:
         metrics: dict[str, Any] = {}
         start_batch = int(state.extra.pop("batch_in_epoch", 0))
 
-        from visiondoctor.engine.progress import EpochProgress
-
         while state.epoch < cfg.epochs and stopped_by == "epochs":
             self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
             self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
@@ -418,12 +419,10 @@ class Trainer:
     def _write_history(self) -> None:
         if not self.is_main or self.run_dir is None or not self.history:
             return
-        from visiondoctor.rundir import write_bytes_atomic
 
         columns: list[str] = []
         for row in self.history:
             columns += [k for k in row if k not in columns]
-        import io
 
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns)
@@ -464,8 +463,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from faster_coco_eval import COCO, COCOeval_faster
 
 from visiondoctor.evaluation.predictions import category_names, check_predictions
 
@@ -77,8 +78,6 @@ def _prepare(gt: dict, predictions: list[dict], image_ids: list[int]) -> tuple[d
 
 
 def _run_cocoeval(gt: dict, dets: list[dict]):
-    from faster_coco_eval import COCO, COCOeval_faster
-
     quiet = logging.getLogger("faster_coco_eval").debug
     coco_gt = COCO(gt, print_function=quiet)
     coco_dt = coco_gt.loadRes(dets)

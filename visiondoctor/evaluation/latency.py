@@ -94,7 +94,7 @@ def time_variants(variants: Mapping[str, Callable[[T], Any]], items: Sequence[T]
 
 def onnxruntime_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - deferred: the optional `onnx` extra
     except ImportError:
         return False
     return True
@@ -102,7 +102,7 @@ def onnxruntime_available() -> bool:
 
 def ort_session(model: bytes | str, threads: int | None = 1) -> Any:
     """A CPU ONNX Runtime session (all graph optimisations on) with `threads` intra-op threads."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: the optional `onnx` extra
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

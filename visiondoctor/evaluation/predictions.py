@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou as tv_box_iou
 
 REQUIRED_PREDICTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -103,9 +105,6 @@ def group_by_image(gt: dict, predictions: list[dict], min_score: float = 0.0) ->
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (len(a), len(b)) of xyxy boxes, through torchvision.ops.box_iou."""
-    import torch
-    from torchvision.ops import box_iou as tv_box_iou
-
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     iou = tv_box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).numpy()

@@ -7,5 +7,6 @@ unfreezing), evaluated after every phase on old, new and all seen classes.
 
 Modules: phases (the plan, per-phase data, exemplar memory), distill (the KL loss), unfreeze
 (the gradual-unfreezing Callback), metrics (per-phase AP and forgetting), task (run_phases),
-report_sections (the report's per-phase section).
+report_sections (the report's per-phase section). Importing the package registers the section.
 """
+from visiondoctor.incremental import report_sections  # noqa: F401 - importing it registers the report section

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 from visiondoctor.report.sections import Figure, Paragraph, Section, Table, register_section
 from visiondoctor.rundir import RunDir
 
@@ -12,10 +15,7 @@ RESULTS_FILE = "phases.json"
 
 
 def _curves_png(entries: list[dict[str, Any]], method: str) -> bytes:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     phases = [e["phase"] for e in entries]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))

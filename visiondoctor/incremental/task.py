@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import logging
 import math
 import random
@@ -34,19 +35,31 @@ from torch import nn
 
 from visiondoctor.config import Config, save_config
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
+from visiondoctor.data.detection import load_detection_data
+from visiondoctor.data.formats.coco import to_coco_dict
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
 from visiondoctor.engine.checkpoint import load_latest
-from visiondoctor.engine.trainer import Trainer, default_loss_fn, resolve_device
+from visiondoctor.engine.trainer import default_loss_fn, resolve_device
 from visiondoctor.incremental.distill import RoIDistillation
 from visiondoctor.incremental.metrics import forgetting, phase_metrics
-from visiondoctor.incremental.phases import (Phase, load_phases, merge, phase_training_index, restrict,
-                                             seen_category_map, select_exemplars)
+from visiondoctor.incremental.phases import (
+    Phase,
+    load_phases,
+    merge,
+    phase_training_index,
+    restrict,
+    seen_category_map,
+    select_exemplars,
+)
 from visiondoctor.incremental.unfreeze import GradualUnfreezing
 from visiondoctor.models.anchor_fit import AnchorFit, boxes_in_input_frame, fit_anchors
 from visiondoctor.models.registry import create_model
 from visiondoctor.models.two_stage import grow_predictor, measure_features
-from visiondoctor.rundir import RunDir
+from visiondoctor.rundir import RunDir, write_bytes_atomic
+from visiondoctor.tasks.detection import evaluate_model, predict
+from visiondoctor.tasks.diagnosis import RunDiagnosis
+from visiondoctor.tasks.pipeline import Datasets, build_report, fit_model
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +159,10 @@ def _append_history(run: RunDir, phase: int, offset: int) -> int:
     columns: list[str] = []
     for row in all_rows:
         columns += [k for k in row if k not in columns]
-    import io
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(all_rows)
-    from visiondoctor.rundir import write_bytes_atomic
-
     write_bytes_atomic(run.history, out.getvalue().encode())
     return last
 
@@ -163,14 +172,11 @@ def _append_history(run: RunDir, phase: int, offset: int) -> int:
 def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, method: str = "replay+distill",
                options: IncrementalOptions | None = None) -> dict[str, Any]:
     """Train `cfg`'s model phase by phase and evaluate after each; returns (and writes) the results."""
-    from visiondoctor.data.formats.coco import to_coco_dict
-    from visiondoctor.tasks.detection import build_report, data_summary, evaluate_model, load_data, predict
-
     if method not in METHODS:
         raise ValueError(f"unknown incremental method {method!r}; available: {', '.join(METHODS)}")
     replay, distill = METHODS[method]
     options = options or IncrementalOptions()
-    data = load_data(cfg, background=True)
+    data = load_detection_data(cfg, background=True)
     if phases is None or isinstance(phases, (str, Path)):
         phases = load_phases(Path(phases) if phases else data.root / "phases.json", [c.id for c in data.train.categories])
     phases = list(phases)
@@ -182,7 +188,7 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
     device = resolve_device(cfg.train.device)
     run = RunDir.create(cfg.run_path)
     save_config(cfg, run.config)
-    run.write_json("data_summary.json", data_summary(data))
+    run.write_json("data_summary.json", data.summary())
 
     results: dict[str, Any] = {"method": method, "options": options.to_dict(), "eval_split": cfg.eval.split,
                                "num_phases": len(phases), "phases": []}
@@ -227,12 +233,13 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
                 callbacks.append(GradualUnfreezing(model, options.unfreeze))
             if t == 0 and diagnosis is not None and diagnosis.monitor is not None:
                 callbacks.append(diagnosis.monitor)
-            train_set = DetectionDataset(train_index, cmap, detection_transforms(True, cfg.train.augment))
+            sets = Datasets(train=DetectionDataset(train_index, cmap, detection_transforms(True, cfg.train.augment)),
+                            val=None, probe=DetectionDataset(train_index, cmap, detection_transforms(False)),
+                            collate=collate_detection)
             loss_fn = RoIDistillation(teacher, old_outputs=1 + len(old_ids), temperature=options.temperature) \
                 if teacher is not None else default_loss_fn
-            trainer = Trainer(model, train_set, phase_cfg, collate_fn=collate_detection, loss_fn=loss_fn,
-                              callbacks=callbacks, run_dir=run.path / f"phase_{t}", workers=cfg.data.workers)
-            phase_result = trainer.fit()
+            trainer, phase_result = fit_model(model, sets, cfg, run.path / f"phase_{t}", loss_fn=loss_fn,
+                                              callbacks=callbacks, train_config=phase_cfg)
             model = trainer.eval_model
             step_offset = _append_history(run, t, step_offset)
             entry = {}
@@ -284,11 +291,7 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
 
 
 def _diagnose_before(model: nn.Module, cfg: Config, cmap: CategoryMap, train_index: DetectionIndex) -> Any:
-    """The doctor's static checks on phase 0's model and data (None when the doctor is unavailable)."""
-    try:
-        from visiondoctor.tasks.diagnosis import RunDiagnosis
-    except ImportError:
-        return None
+    """The doctor's static checks on phase 0's model and data."""
     diagnosis = RunDiagnosis(model, cfg, cmap.num_classes, True)
     probe = DetectionDataset(train_index, cmap, detection_transforms(False))
     diagnosis.before_training(model, probe, collate_detection)

@@ -100,8 +100,8 @@ EFFDET_HINT = "EfficientDet needs the optional `effdet` package: pip install vis
 
 def _import_effdet() -> Any:
     try:
-        import effdet
-        from effdet import anchors, bench, loss
+        import effdet  # deferred: the optional `effdet` extra
+        from effdet import anchors, bench, loss  # deferred: the optional `effdet` extra
     except ImportError as exc:
         raise ImportError(f"{EFFDET_HINT} ({exc})") from exc
     return effdet, anchors, bench, loss

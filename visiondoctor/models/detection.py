@@ -12,13 +12,15 @@ from functools import partial
 from typing import Any, Callable
 
 from torch import Tensor, nn
-from torchvision.models import MobileNet_V3_Small_Weights
+from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models import detection as tvd
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from visiondoctor.models.registry import register
-
 
 SSDLITE_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDLite batch norm
 
@@ -81,11 +83,6 @@ def _ssdlite_mobilenet_v3_small(*, weights_backbone: Any = None, num_classes: in
     """SSDLite on MobileNetV3-Small, assembled from torchvision's SSDLite parts exactly as its
     MobileNetV3-Large builder does (torchvision ships no Small variant; same signature, so `build_with_weights`
     handles it)."""
-    from torchvision.models import mobilenet_v3_small
-    from torchvision.models.detection import _utils as det_utils
-    from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
-
     norm_layer = SSDLITE_NORM
     trunk = mobilenet_v3_small(weights=weights_backbone, norm_layer=norm_layer, reduced_tail=weights_backbone is None)
     if weights_backbone is None:
@@ -134,9 +131,6 @@ class Stride8SSDLiteExtractor(nn.Module):
 def _with_stride8_level(model: nn.Module, norm_layer: Callable[..., nn.Module]) -> None:
     """Swap in the stride-8 extractor. Its default boxes are one octave below the old finest ones
     (stride halved, scale halved); the head is rebuilt for the new level (freshly initialised)."""
-    from torchvision.models.detection import _utils as det_utils
-    from torchvision.models.detection.ssdlite import SSDLiteHead
-
     old = model.anchor_generator
     model.anchor_generator = DefaultBoxGenerator([old.aspect_ratios[0], *old.aspect_ratios],
                                                  scales=[old.scales[0] / 2, *old.scales])

@@ -1,4 +1,10 @@
-"""One way in: `create_model(name, **kwargs)` for every model the project builds."""
+"""One way in: `create_model(name, **kwargs)` for every model the project builds.
+
+A model is a builder function decorated with `@register(name, task)` in any module of the
+`visiondoctor.models` package; the registry finds it (see visiondoctor.registry), so a new model
+is one new file. `task` names the pipeline that trains it (visiondoctor.tasks): "detection",
+"segmentation", or a feature's task such as "text_query".
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,42 +12,34 @@ from typing import Callable
 
 from torch import nn
 
+from visiondoctor.registry import Registry
+
 Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    task: str  # "detection" | "segmentation" | ...
+    task: str  # the task (pipeline) that trains it: "detection" | "segmentation" | "text_query" | ...
     builder: Builder
     background_label: bool  # True when label 0 is reserved for background
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model", "visiondoctor.models")
 
 
 def register(name: str, task: str, background_label: bool = True) -> Callable[[Builder], Builder]:
     """Decorator: register a builder under `name`."""
 
     def wrap(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, task, fn, background_label)
+        MODELS.add(name, ModelEntry(name, task, fn, background_label))
         return fn
 
     return wrap
 
 
-def _ensure_builtin() -> None:
-    # Import the modules that register builders; kept lazy so `registry` has no heavy imports.
-    from visiondoctor.models import builtin  # noqa: F401
-
-
 def get_entry(name: str) -> ModelEntry:
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -50,5 +48,4 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 def available_models(task: str | None = None) -> list[str]:
-    _ensure_builtin()
-    return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+    return sorted(n for n, e in MODELS.items() if task is None or e.task == task)

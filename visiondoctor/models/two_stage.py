@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import mobilenet_v3_small, resnet18
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
@@ -63,8 +63,6 @@ def proposal_counts(image_size: int) -> dict[str, int]:
 
 
 def _trunk(name: str) -> nn.Module:
-    from torchvision.models import mobilenet_v3_small
-
     if name == "resnet18":
         return resnet18(weights=None)
     if name == "mobilenet_v3_small":

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from visiondoctor.findings import severity_counts, sort_findings
 from visiondoctor.report import plots
 from visiondoctor.report.curves import component_name, curve, gap, loss_columns, x_axis
-from visiondoctor.report.formatting import (count, evidence_rows, plot_reference, severity_counts,
-                                            sort_findings)
+from visiondoctor.report.formatting import count, evidence_rows, plot_reference
 from visiondoctor.report.inputs import ReportInputError, cfg, confined, finite, read_config, read_history, read_json
 from visiondoctor.report.sections import Figure, Heading, Paragraph, Section, Table, register_section
 from visiondoctor.rundir import RunDir

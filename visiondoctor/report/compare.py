@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from visiondoctor.findings import severity_counts, sort_findings
 from visiondoctor.report import plots
 from visiondoctor.report.curves import component_name, gap, loss_columns
-from visiondoctor.report.formatting import count, severity_counts, sort_findings
+from visiondoctor.report.formatting import count
 from visiondoctor.report.html import render_page, save_figures
 from visiondoctor.report.inputs import cfg, finite, read_config, read_history, read_json
 from visiondoctor.report.sections import Figure, Paragraph, Section, Table

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 MAX_LIST_ITEMS = 8
 
 
@@ -48,19 +47,6 @@ def flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
         else:
             rows.append((name, value))
     return rows
-
-
-def sort_findings(findings: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Root cause first: errors, then warnings, then info; the producer's order within each."""
-    return sorted(findings, key=lambda f: SEVERITY_RANK.get(str(f.get("severity", "info")), 3))
-
-
-def severity_counts(findings: Iterable[dict[str, Any]]) -> dict[str, int]:
-    counts = {"error": 0, "warning": 0, "info": 0}
-    for f in findings:
-        sev = str(f.get("severity", "info"))
-        counts[sev] = counts.get(sev, 0) + 1
-    return counts
 
 
 def plot_reference(finding: dict[str, Any]) -> str | None:

@@ -13,10 +13,9 @@ Each section is a function `(run: RunDir) -> Section | None` registered with
 `visiondoctor.report.sections.register_section(order, fn, title=..., needs=...)`; None
 means its inputs are missing and the page lists it under "Not in this report" with the
 files it needs. A section that raises is shown with its error instead of stopping the
-report. Features add sections from their own module: any `report_sections.py` inside the
-visiondoctor package is imported before the sections run (e.g.
-`visiondoctor/segmentation/report_sections.py`); nothing here needs an edit. See
-sections.py for the Section / Paragraph / Heading / Table / Figure / Html blocks.
+report. A feature adds its sections from its own `report_sections.py`, which registers them when
+the feature package is imported (the CLI and the Python API import every feature); nothing here
+needs an edit. See sections.py for the Section / Paragraph / Heading / Table / Figure / Html blocks.
 
 Inputs the report reads (all in the run directory; every one optional but config.yaml)
 ---------------------------------------------------------------------------------------
@@ -75,7 +74,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import importlib
 import logging
 import traceback
 from dataclasses import dataclass
@@ -85,8 +83,13 @@ from typing import Sequence
 import jinja2
 
 import visiondoctor
-from visiondoctor.report import (analysis_sections, common_sections, detection_sections,  # noqa: F401
-                                 gallery, segmentation_sections)  # importing them registers the built-in sections
+from visiondoctor.report import (  # noqa: F401
+    analysis_sections,
+    common_sections,
+    detection_sections,
+    gallery,  # importing them registers the built-in sections
+    segmentation_sections,
+)
 from visiondoctor.report.formatting import fmt
 from visiondoctor.report.inputs import ReportInputError, cfg, read_config
 from visiondoctor.report.sections import Figure, Paragraph, Section, SectionEntry, registered_sections
@@ -94,7 +97,6 @@ from visiondoctor.rundir import RunDir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
-PLUGIN_MODULE = "report_sections.py"
 
 
 @dataclass
@@ -106,9 +108,7 @@ class Skipped:
 def build_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.html (and the plots under run_dir/plots/) and return its path."""
     run = RunDir.open(run_dir)
-    plugin_errors = load_plugins()
     sections, skipped = run_sections(run, registered_sections())
-    sections += plugin_errors
     save_figures(sections, run.plots)
     title = f"visiondoctor report — {_run_name(run)}"
     html = render_page(title, sections, skipped, subtitle=str(run.path.resolve()))
@@ -120,21 +120,6 @@ def _run_name(run: RunDir) -> str:
         return str(cfg(read_config(run), "name", run.path.name))
     except ReportInputError:
         return run.path.name
-
-
-def load_plugins() -> list[Section]:
-    """Import every report_sections.py in the package so its sections register.
-    A module that fails to import becomes a section naming it; the report goes on."""
-    root = Path(visiondoctor.__file__).parent
-    failed = []
-    for path in sorted(root.rglob(PLUGIN_MODULE)):
-        module = ".".join(("visiondoctor",) + path.relative_to(root).with_suffix("").parts)
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # a broken feature must not take the report down
-            log.warning("report sections in %s failed to load: %s", module, exc)
-            failed.append(Section(f"Sections of {module}", [Paragraph(f"Could not load {module}: {exc!r}", "error")]))
-    return failed
 
 
 def run_sections(run: RunDir, entries: Sequence[SectionEntry]) -> tuple[list[Section], list[Skipped]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from visiondoctor.report.formatting import evidence_rows, fmt, plot_reference, severity_counts, sort_findings
+from visiondoctor.findings import severity_counts, sort_findings
+from visiondoctor.report.formatting import evidence_rows, fmt, plot_reference
 
 HEADINGS = {"error": "Root cause", "warning": "Warnings", "info": "Notes"}
 

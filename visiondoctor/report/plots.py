@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 DPI = 100
 COCO_SMALL, COCO_MEDIUM = 32.0, 96.0  # sqrt(area) limits of COCO's small / medium objects
@@ -44,7 +45,6 @@ def to_png(fig: Figure, palette: bool = False) -> bytes:
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     if not palette:
         return buf.getvalue()
-    from PIL import Image
 
     buf.seek(0)
     with Image.open(buf) as img:

@@ -13,9 +13,8 @@ section from its own module:
             return None
         return Section("Anomaly scores", [Paragraph("...")])
 
-The report imports every `report_sections.py` module found in the visiondoctor package
-(e.g. `visiondoctor/segmentation/report_sections.py`), so registering there is enough;
-html.py never needs an edit. Content is structured (paragraphs, tables, figures as PNG
+A feature registers its sections in its own `report_sections.py`, imported by the feature
+package's `__init__` (so importing the feature registers them); html.py never needs an edit. Content is structured (paragraphs, tables, figures as PNG
 bytes), so the template escapes every string that comes from the data.
 """
 from __future__ import annotations

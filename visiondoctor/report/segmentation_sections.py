@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 
 from visiondoctor.report import plots
 from visiondoctor.report.inputs import finite, read_json
@@ -94,8 +95,6 @@ def _curves_png(methods: dict[str, Any], order: Sequence[str]) -> bytes | None:
 
 
 def _colour(labels: np.ndarray, n: int) -> np.ndarray:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab20"]
     table = (np.array([cmap(i % 20)[:3] for i in range(max(n, 1))]) * 255).astype(np.uint8)
     out = np.zeros(labels.shape + (3,), np.uint8)

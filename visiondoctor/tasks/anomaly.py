@@ -15,26 +15,25 @@ class is used (StreetHazards: 13).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from visiondoctor.data.images import load_rgb
+from visiondoctor.data.segmentation import (
+    SegmentationDataset,
+    held_out_class,
+    load_segmentation_data,
+    segmentation_transforms,
+)
+from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.evaluation.anomaly import METHODS, AnomalyEvaluator, SMLStats, SMLStatsAccumulator, anomaly_scores
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
 from visiondoctor.rundir import RunDir
-from visiondoctor.tasks.segmentation import (
-    SegmentationDataset,
-    build_report_with_sections,
-    held_out_class,
-    iterate_logits,
-    load_data,
-    load_run_model,
-    sample_indices,
-    segmentation_transforms,
-)
+from visiondoctor.tasks.pipeline import build_report, load_run_model
+from visiondoctor.tasks.segmentation import iterate_logits, sample_indices
 
 log = logging.getLogger(__name__)
 EXAMPLES = 6
@@ -62,16 +61,15 @@ def run_anomaly(run_dir: str | Path, methods: str | Sequence[str] = METHODS, ano
                 split: str = "test", max_images: int = 0, sml_train_images: int = 0,
                 mantissa_bits: int = 16) -> dict[str, Any]:
     """Score `split` with each method and write anomaly.json (see the module docstring)."""
-    from visiondoctor.engine.trainer import resolve_device
-
     methods = parse_methods(methods)
     run = RunDir.open(run_dir)
     device = resolve_device("auto")
-    model, cfg, cats = load_run_model(run, device)
+    model, cfg, _ = load_run_model(run, device)
+    cats = run.read_json("categories.json")
     trained_out = held_out_class(cats)
     if anomaly_class is not None and trained_out is not None and anomaly_class != trained_out:
         log.warning("the run held out class %d in training; scoring class %d as the anomaly", trained_out, anomaly_class)
-    data = load_data(cfg, anomaly_class if anomaly_class is not None else trained_out)
+    data = load_segmentation_data(cfg, anomaly_class if anomaly_class is not None else trained_out)
     index = data.split(split)
     if not index.anomaly_labels:
         raise ValueError(f"{index.source}: no anomaly class; name a known class with --anomaly-class K "
@@ -115,14 +113,12 @@ def run_anomaly(run_dir: str | Path, methods: str | Sequence[str] = METHODS, ano
     run.write_json("anomaly.json", results)
     if examples:
         _save_examples(run.path / "anomaly_examples.npz", examples, methods)
-    build_report_with_sections(run)
+    build_report(run)
     return results
 
 
 def _keep_example(examples: dict[str, list[np.ndarray]], dataset: SegmentationDataset, i: int, mask: torch.Tensor,
                   pred: torch.Tensor, scores: dict[str, torch.Tensor], methods: list[str]) -> None:
-    from visiondoctor.data.images import load_rgb
-
     image = load_rgb(dataset.index.records[i].path).permute(1, 2, 0).numpy()
     h, w = mask.shape
     if image.shape[:2] != (h, w):  # masks are the reference size

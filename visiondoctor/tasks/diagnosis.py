@@ -1,24 +1,36 @@
-"""The doctor in every `train` run: static and probe checks before training, the training monitor
-during it, evaluation checks after it; the result is diagnosis.json / diagnosis.md in the run,
+"""The doctor in every run: data and probe checks before training, the training monitor during it,
+run-file checks after the evaluation; the result is diagnosis.json / diagnosis.md in the run,
 which the report's Diagnosis section reads."""
 from __future__ import annotations
 
 import copy
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from visiondoctor.config import Config
-from visiondoctor.doctor.findings import Finding
+from visiondoctor.doctor.checks import STAGES, ids_raised_at, run_stage
+from visiondoctor.doctor.diagnosis_file import read_diagnosis, write_diagnosis
+from visiondoctor.doctor.from_run import run_findings
 from visiondoctor.doctor.monitor import TrainingMonitor
 from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
+from visiondoctor.doctor.static import static_checks
+from visiondoctor.findings import Finding
 from visiondoctor.rundir import RunDir
 
 log = logging.getLogger(__name__)
 PROBE_BATCH = 8
+
+
+def redone_at_evaluation(finding_id: str) -> bool:
+    """Findings that only the run-file checks raise: an evaluation (of any split) redoes them, while the
+    findings of the data, probe and monitor stages of the training stay."""
+    training = ids_raised_at(s for s in STAGES if s not in ("run", "evaluation"))
+    return finding_id in ids_raised_at(["run"]) - training
 
 
 class RunDiagnosis:
@@ -34,10 +46,8 @@ class RunDiagnosis:
         self.monitor = (TrainingMonitor(model=model, every=100, threshold=cfg.eval.display_threshold, task=cfg.task)
                         if cfg.train.monitors else None)
 
-    def before_training(self, model: nn.Module, probe_set: Dataset, collate: Any, extra: Sequence[Finding] = ()) -> None:
+    def before_training(self, model: nn.Module, probe_set: Dataset, collate: Callable, extra: Sequence[Finding] = ()) -> None:
         """Probe a copy of the model on a few un-augmented samples, so training starts untouched."""
-        from visiondoctor.doctor.static import static_checks
-
         started = time.perf_counter()
         self.findings += list(extra)  # whole-split evidence first: dedupe keeps the first of an ID
         try:
@@ -52,11 +62,13 @@ class RunDiagnosis:
             if f.severity != "info":
                 log.warning("doctor [%s] %s: %s", f.severity, f.id, f.title)
 
-    def after_evaluation(self, run: RunDir, metric_key: str) -> list[dict[str, Any]]:
-        """Add the monitor's and the evaluation checks' findings; write diagnosis.json and .md."""
-        from visiondoctor.doctor.diagnose import write_diagnosis
-        from visiondoctor.doctor.from_run import run_findings
+    def keep_training_findings(self, run: RunDir) -> None:
+        """Start from the findings a run's training wrote (before a re-evaluation redoes the rest)."""
+        self.findings = [Finding.from_dict(f) for f in read_diagnosis(run.path)
+                         if not redone_at_evaluation(str(f.get("id", "")))]
 
+    def after_evaluation(self, run: RunDir, metric_key: str) -> list[dict[str, Any]]:
+        """Add the monitor's and the run-file checks' findings; write diagnosis.json and .md."""
         findings = list(self.findings)
         if self.monitor is not None:
             findings += self.monitor.findings()
@@ -70,11 +82,6 @@ class RunDiagnosis:
 
 
 def data_findings(index: Any, category_map: Any, background_label: bool) -> list[Finding]:
-    """The doctor's data checks on the whole training split (box format and range, labels, empty or
+    """The doctor's data-stage checks on the whole training split (box format and range, labels, empty or
     dominant categories, tiny boxes)."""
-    from visiondoctor.doctor.checks.data import check_index
-
-    try:
-        return check_index(index, category_map, background_label)
-    except Exception as exc:
-        return [check_failed("data.check_index", exc)]
+    return run_stage("data", index=index, category_map=category_map, background_label=background_label)

@@ -18,8 +18,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
+from visiondoctor.evaluation.latency import onnxruntime_available, ort_session
 from visiondoctor.rundir import RunDir, write_bytes_atomic
+from visiondoctor.tasks.pipeline import load_run_model
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, opset: int 
     """Trace `model` (eval mode) on one image_size x image_size image and write an ONNX graph whose
     input is `image` [3, H, W] float in [0, 1] and outputs boxes [N, 4], scores [N], labels [N]."""
     try:
-        import onnx
+        import onnx  # deferred: the optional `onnx` extra
     except ImportError as exc:
         raise ExportError(f"{ONNX_HINT} ({exc})") from exc
     path = Path(path)
@@ -112,8 +115,6 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
 
 def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, opset: int = 17) -> Path:
     """Export a run's best weights; returns the written file (default runs/<name>/export/model.<ext>)."""
-    from visiondoctor.tasks.detection import load_run_model
-
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
     run = RunDir.open(run_dir)
@@ -136,8 +137,6 @@ class OnnxDetector:
     images in [0, 1]; get a list of {boxes, scores, labels} tensors in each image's own pixels."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        from visiondoctor.evaluation.latency import onnxruntime_available, ort_session
-
         if not onnxruntime_available():
             raise ImportError(ONNX_HINT)
         self.path = Path(path)
@@ -190,8 +189,6 @@ def parity(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor
     """Match every reference detection to its own candidate detection with the same label, IoU >=
     `min_iou` and a score within `score_atol`. Detections tied (within `score_atol`) with the lowest
     reference score need no match: at the detections-per-image cut such ties may fall either way."""
-    from torchvision.ops import box_iou
-
     scores, n_ref, n_cand = reference["scores"], len(reference["scores"]), len(candidate["scores"])
     if n_ref == 0 or n_cand == 0:
         return Parity(n_ref, n_cand, n_ref, 0, 0.0, 0.0)

@@ -10,6 +10,7 @@ from torchvision.utils import draw_bounding_boxes
 from visiondoctor.data.images import load_rgb
 from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.rundir import RunDir, write_json_atomic
+from visiondoctor.tasks.pipeline import load_run_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -32,8 +33,6 @@ def annotate(image: torch.Tensor, boxes: torch.Tensor, captions: list[str]) -> t
 
 def predict_path(run_dir: str | Path, input_path: str | Path, out_dir: str | Path | None = None,
                  threshold: float = 0.5) -> Path:
-    from visiondoctor.tasks.detection import load_run_model
-
     run = RunDir.open(run_dir)
     device = resolve_device("auto")
     model, _cfg, category_map = load_run_model(run, device)

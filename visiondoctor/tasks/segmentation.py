@@ -1,224 +1,103 @@
-"""Semantic segmentation as a task: masks -> model -> Trainer -> whole-split metrics -> report,
-and anomaly segmentation on a trained run.
+"""Semantic segmentation as a task of the run pipeline (visiondoctor.tasks.pipeline): image/mask
+data, logits or `{out, aux}` models, whole-split metrics from one confusion matrix.
 
-Public entry points (the CLI calls them):
-    train(cfg, resume=False) -> RunDir                     `visiondoctor train --task segmentation`
-    evaluate_run(run_dir, split="val", max_images=0) -> metrics      `visiondoctor eval`
-    run_anomaly(run_dir, methods, anomaly_class=None) -> results     `visiondoctor anomaly`
-
-The loss is cross-entropy on `out` plus, when the model has an auxiliary head, cross-entropy
-on `aux`; the components are returned separately ("out", "aux") and weighted by
-`train.loss_weights` (aux defaults to 0.4, written into the run's config.yaml). Anomaly
-labels (StreetHazards 13, or `--anomaly-class K`) are mapped to the ignore index in
-training, so the model never learns them.
+The loss is cross-entropy on `out` plus, when the model has an auxiliary head, cross-entropy on
+`aux`; the components are returned separately ("out", "aux") and weighted by
+`train.loss_weights` (aux defaults to 0.4, written into the run's config.yaml). Anomaly labels
+(StreetHazards 13, or the `anomaly_class` option) are mapped to the ignore index in training, so
+the model never learns them. Options: `loss_file` (path.py:fn(outputs, masks) -> loss or
+{name: loss}), `anomaly_class` (a known class held out as the anomaly).
 """
 from __future__ import annotations
 
 import logging
-import random
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, Subset
 
-from visiondoctor.config import Config, load_config, save_config
-from visiondoctor.data.formats.masks import load_mask_array, read_mask_folder
-from visiondoctor.data.formats.streethazards import is_streethazards, read_streethazards
-from visiondoctor.data.images import load_rgb
-from visiondoctor.data.seg_samples import DataError, SegmentationIndex
+from visiondoctor.config import Config, ModelConfig
+from visiondoctor.data.seg_samples import SegmentationIndex
+from visiondoctor.data.segmentation import (
+    SegmentationData,
+    SegmentationDataset,
+    collate_segmentation,
+    held_out_class,
+    load_segmentation_data,
+    segmentation_transforms,
+)
+from visiondoctor.doctor.diagnose import load_loss
+from visiondoctor.evaluation.coco import sample_images
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
-from visiondoctor.models.registry import create_model, get_entry
+from visiondoctor.models.contract import split_segmentation_outputs
+from visiondoctor.models.registry import create_model
 from visiondoctor.rundir import RunDir
+from visiondoctor.tasks.pipeline import Datasets, Task, register_task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "deeplabv3plus_resnet18_lite"
 AUX_WEIGHT = 0.4
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-# ----- data ------------------------------------------------------------------------------------
+@register_task
+class SegmentationTask(Task):
+    name = "segmentation"
+    contract = "segmentation"
+    primary_metric = "miou"
 
-@dataclass
-class SegmentationData:
-    train: SegmentationIndex
-    val: SegmentationIndex
-    test: SegmentationIndex | None
-    root: Path
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("loss_file", "anomaly_class")
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.train.class_names
+    def prepare_config(self, cfg: Config) -> Config:
+        """task: segmentation, its default model when the config names the detection default, and the
+        auxiliary loss weight (0.4 unless set)."""
+        name = cfg.model.name
+        if name == ModelConfig().name:
+            log.info("model.name not set for segmentation: using %s", DEFAULT_MODEL)
+            name = DEFAULT_MODEL
+        weights = dict(cfg.train.loss_weights)
+        weights.setdefault("aux", AUX_WEIGHT)
+        return replace(cfg, task="segmentation", model=replace(cfg.model, name=name),
+                       train=replace(cfg.train, loss_weights=weights))
 
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
+    def load_data(self, cfg: Config, categories: dict[str, Any] | None = None) -> SegmentationData:
+        held_out = held_out_class(categories) if categories else self.options.get("anomaly_class")
+        return load_segmentation_data(cfg, held_out)
 
-    def split(self, name: str) -> SegmentationIndex:
-        index = {"train": self.train, "val": self.val, "test": self.test}.get(name)
-        if index is None:
-            raise FileNotFoundError(f"{self.root}: no {name!r} split")
-        return index
+    def num_classes(self, categories: dict[str, Any]) -> int:
+        return int(categories["num_classes"])
 
+    def build_model(self, cfg: Config, categories: dict[str, Any], run: RunDir | None) -> nn.Module:
+        return create_model(cfg.model.name, num_classes=self.num_classes(categories), image_size=cfg.model.image_size,
+                            pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone,
+                            **cfg.model.kwargs)
 
-def _synthetic_root(cfg: Config) -> Path:
-    from visiondoctor.data.synth import generate
-    from visiondoctor.tasks.detection import synth_root  # one cache naming rule for every generator
+    def datasets(self, cfg: Config, data: SegmentationData) -> Datasets:
+        size, aug = cfg.model.image_size, cfg.train.augment
+        return Datasets(
+            train=SegmentationDataset(data.train, segmentation_transforms(True, size, aug), train_labels=True),
+            # validation losses need images and masks of one size; without a size, only the metrics
+            val=SegmentationDataset(data.val, segmentation_transforms(False, size), train_labels=True) if size > 0 else None,
+            probe=SegmentationDataset(data.train, segmentation_transforms(False, size), train_labels=True),
+            collate=collate_segmentation)
 
-    root = synth_root(cfg)
-    if not (root / "streets.json").exists():
-        generate(cfg.data.synth, root, num_images=cfg.data.synth_images or None, seed=cfg.train.seed,
-                 **cfg.data.synth_options)
-    return root
+    def loss_fn(self, cfg: Config) -> Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]:
+        loss_file = self.options.get("loss_file")
+        return load_loss_file(loss_file) if loss_file else SegmentationLoss(cfg.data.ignore_index)
 
-
-def read_split(root: Path, fmt: str, split: str, ignore_index: int) -> SegmentationIndex:
-    """One split of a mask dataset: `streethazards` (also the synthetic streets) or `masks`."""
-    if fmt == "auto":
-        fmt = "streethazards" if is_streethazards(root) else "masks"
-    if fmt == "streethazards":
-        return read_streethazards(root, split, ignore_index=ignore_index)
-    if fmt == "masks":
-        return read_mask_folder(root, split, ignore_index=ignore_index)
-    raise DataError(f"data.format={fmt!r} is not a segmentation format; use masks, streethazards or auto")
-
-
-def load_data(cfg: Config, anomaly_class: int | None = None) -> SegmentationData:
-    """Read train / val (/ test) with one label space. `anomaly_class` holds a known class out: it
-    joins the dataset's own anomaly labels (never trained on, positives of anomaly metrics)."""
-    if cfg.data.path:
-        root = Path(cfg.data.path)
-    elif cfg.data.synth:
-        root = _synthetic_root(cfg)
-    else:
-        raise ValueError("no data: give data.path=DIR (image/mask folders or StreetHazards) or data.synth=streets")
-    splits: dict[str, SegmentationIndex | None] = {}
-    for name, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
-        try:
-            splits[name] = read_split(root, cfg.data.format, split, cfg.data.ignore_index)
-        except DataError as exc:
-            if name != "test":
-                raise
-            log.warning("no usable test split (anomaly scoring needs one): %s", str(exc).splitlines()[0])
-            splits[name] = None
-    if anomaly_class is not None:  # held out in addition to the dataset's own anomaly class, if any
-        splits = {k: v.with_anomaly_labels((*v.anomaly_labels, anomaly_class)) if v is not None else None
-                  for k, v in splits.items()}
-    for index in splits.values():
-        if index is None:
-            continue
-        if index.class_names != splits["train"].class_names:
-            raise DataError(f"{index.source}: class names differ from the training split's")
-        log.info("%s", index.summary())
-        for problem in index.problems:
-            log.warning("%s", problem)
-    return SegmentationData(splits["train"], splits["val"], splits["test"], root)
-
-
-def segmentation_transforms(train: bool, image_size: int, augment: str = "default") -> v2.Transform:
-    """Joint image/mask transforms (the mask is a tv_tensors.Mask, so geometric steps use nearest
-    neighbour on it and photometric steps leave it alone). Training images and masks are brought
-    to `image_size` x `image_size`; evaluation resizes the image only: predictions are scored
-    against the mask at its own resolution. `image_size` <= 0 keeps the native size."""
-    size = (image_size, image_size) if image_size > 0 else None
-    steps: list[v2.Transform] = []
-    if train and augment == "default" and size:
-        steps += [v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.75, 1.333), antialias=True)]
-    elif size:
-        steps += [v2.Resize(size, antialias=True)]
-    if train and augment in ("default", "light"):
-        steps += [v2.RandomHorizontalFlip(p=0.5)]
-    if train and augment == "default":
-        steps += [v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)]
-    elif train and augment not in ("light", "none"):
-        raise ValueError(f"train.augment={augment!r}: expected default, light or none")
-    steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(steps)
-
-
-class SegmentationDataset(Dataset):
-    """(normalised image, label mask). Mask values go through the index's lookup table; with
-    `train_labels`, anomaly labels become the ignore index so the loss never sees them."""
-
-    def __init__(self, index: SegmentationIndex, transforms: Callable | None, train_labels: bool = False,
-                 resize_mask: bool = True):
-        self.index = index
-        self.transforms = transforms
-        self.resize_mask = resize_mask
-        lut = index.lut().astype(np.int64)
-        if train_labels:
-            for label in index.anomaly_labels:
-                lut[lut == label] = index.ignore_index
-        self.lut = lut
-
-    def __len__(self) -> int:
-        return len(self.index.records)
-
-    def load_mask(self, i: int) -> torch.Tensor:
-        raw, _ = load_mask_array(self.index.records[i].mask_path)
-        return torch.from_numpy(self.lut[raw])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        record = self.index.records[i]
-        image = tv_tensors.Image(load_rgb(record.path))
-        mask = self.load_mask(i)
-        if self.transforms is None:
-            return image.as_subclass(torch.Tensor), mask
-        if self.resize_mask:
-            image, mask = self.transforms(image, tv_tensors.Mask(mask))
-        else:
-            image = self.transforms(image)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-
-
-def collate_segmentation(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, Any]:
-    """Images stacked; masks stacked when they share a size, else a list (native-size evaluation)."""
-    images = torch.stack([b[0] for b in batch])
-    masks = [b[1] for b in batch]
-    if all(m.shape == masks[0].shape for m in masks):
-        return images, torch.stack(masks)
-    return images, masks
-
-
-# ----- model, loss ----------------------------------------------------------------------------
-
-def model_name(cfg: Config) -> str:
-    """The configured model, or the segmentation default when the config still names the detection default."""
-    from visiondoctor.config import ModelConfig
-
-    name = cfg.model.name
-    if name == ModelConfig().name and get_entry(name).task != "segmentation":
-        log.info("model.name not set for segmentation: using %s", DEFAULT_MODEL)
-        return DEFAULT_MODEL
-    if get_entry(name).task != "segmentation":
-        from visiondoctor.models.registry import available_models
-
-        raise ValueError(f"model {name!r} is a {get_entry(name).task} model; segmentation models: "
-                         f"{', '.join(available_models('segmentation'))}")
-    return name
-
-
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    return create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
-                        pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone,
-                        **cfg.model.kwargs)
-
-
-def split_outputs(outputs: Any) -> dict[str, torch.Tensor]:
-    """torchvision convention: logits, or {"out": logits, "aux": logits}."""
-    if isinstance(outputs, torch.Tensor):
-        return {"out": outputs}
-    if isinstance(outputs, dict) and "out" in outputs:
-        return outputs
-    raise TypeError(f"a segmentation model must return logits or a dict with 'out', got {type(outputs).__name__}")
+    def evaluate(self, model: nn.Module, data: SegmentationData, split: str, cfg: Config, device: torch.device,
+                 run: RunDir | None = None) -> dict[str, Any]:
+        metrics = evaluate_model(model, data.split(split), cfg, device)
+        if run is not None:
+            metrics["split"] = split
+            run.write_json("metrics.json", metrics)
+        return metrics
 
 
 class SegmentationLoss:
@@ -233,8 +112,8 @@ class SegmentationLoss:
         self.ignore_index = ignore_index
 
     def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = split_outputs(model(images))
-        return self.from_outputs(outputs, targets)
+        main, aux = split_segmentation_outputs(model(images))
+        return self.from_outputs({"out": main} if aux is None else {"out": main, "aux": aux}, targets)
 
     def from_outputs(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         targets = targets.long()
@@ -253,8 +132,6 @@ class SegmentationLoss:
 def load_loss_file(spec: str) -> Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]:
     """`path.py:fn` -> a Trainer loss. `fn(outputs, targets)` returns a loss tensor or a dict of
     named loss tensors (the doctor's --loss-file format, loaded by the doctor's loader)."""
-    from visiondoctor.doctor.diagnose import load_loss
-
     fn = load_loss(spec)
 
     def loss(model: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
@@ -268,20 +145,18 @@ def load_loss_file(spec: str) -> Callable[[nn.Module, Any, Any], dict[str, torch
     return loss
 
 
-# ----- inference and evaluation ------------------------------------------------------------------
-
 def logits_at(model: nn.Module, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Main-head logits, bilinearly resized to the mask's (H, W) when the input was resized."""
-    logits = split_outputs(model(images))["out"]
+    logits, _ = split_segmentation_outputs(model(images))
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     return logits
 
 
 def iterate_logits(model: nn.Module, dataset: SegmentationDataset, device: torch.device, batch_size: int,
-                   indices: Sequence[int] | None = None):
+                   indices: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (dataset index, logits (1, C, H, W) at mask resolution, mask (H, W)) over the dataset."""
-    subset = torch.utils.data.Subset(dataset, list(indices)) if indices is not None else dataset
+    subset = Subset(dataset, list(indices)) if indices is not None else dataset
     order = list(indices) if indices is not None else list(range(len(dataset)))
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate_segmentation)
     position = 0
@@ -301,9 +176,10 @@ def iterate_logits(model: nn.Module, dataset: SegmentationDataset, device: torch
 
 
 def sample_indices(n: int, max_images: int, seed: int) -> list[int] | None:
+    """The evaluated subset of a split of n images (None = all), drawn by the evaluation's own sampler."""
     if max_images <= 0 or max_images >= n:
         return None
-    return sorted(random.Random(seed).sample(range(n), max_images))
+    return sample_images(list(range(n)), max_images, seed)
 
 
 def evaluate_model(model: nn.Module, index: SegmentationIndex, cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -316,145 +192,3 @@ def evaluate_model(model: nn.Module, index: SegmentationIndex, cfg: Config, devi
     metrics = cm.compute(index.class_names, total_images=len(dataset))
     metrics["split_source"] = str(index.source)
     return metrics
-
-
-# ----- run directory ---------------------------------------------------------------------------
-
-def categories(index: SegmentationIndex) -> dict[str, Any]:
-    """categories.json: CategoryMap-compatible keys plus the segmentation label conventions."""
-    return {"dataset_ids": list(range(len(index.class_names))), "names": list(index.class_names),
-            "background": False, "task": "segmentation", "num_classes": index.num_classes,
-            "anomaly_labels": list(index.anomaly_labels), "ignore_index": index.ignore_index}
-
-
-def data_summary(data: SegmentationData) -> dict[str, Any]:
-    splits = {}
-    for name in ("train", "val", "test"):
-        index = getattr(data, name)
-        if index is None:
-            continue
-        problems: dict[str, int] = {}
-        for p in index.problems:
-            problems[p.action] = problems.get(p.action, 0) + 1
-        splits[name] = {"images": len(index.records), "total_files": index.total_files,
-                        "per_class": index.pixels_per_class(), "unit": "pixels",
-                        "ignored_pixels": index.pixels_per_label().get(index.ignore_index, 0), "problems": problems,
-                        "source": str(index.source)}
-    train_pixels = data.train.pixels_per_class()
-    empty = [n for i, n in enumerate(data.class_names) if i in data.train.known_labels and not train_pixels.get(n)]
-    return {"splits": splits, "categories": list(data.class_names), "empty_categories": empty,
-            "anomaly_classes": [data.class_names[i] for i in data.train.anomaly_labels], "root": str(data.root)}
-
-
-def _resolve(cfg: Config) -> Config:
-    weights = dict(cfg.train.loss_weights)
-    weights.setdefault("aux", AUX_WEIGHT)
-    return replace(cfg, task="segmentation", model=replace(cfg.model, name=model_name(cfg)),
-                   train=replace(cfg.train, loss_weights=weights))
-
-
-def train(cfg: Config, resume: bool = False, loss_file: str | None = None, anomaly_class: int | None = None) -> RunDir:
-    """Train on the train split, pick the best checkpoint by validation mIoU, evaluate the whole
-    validation split, diagnose, and write the report."""
-    from visiondoctor.engine.trainer import Trainer, resolve_device
-    from visiondoctor.tasks.diagnosis import RunDiagnosis
-
-    cfg = _resolve(cfg)
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    run = RunDir.create(cfg.run_path)
-    data = load_data(cfg, anomaly_class)
-    save_config(cfg, run.config)
-    run.write_json("categories.json", categories(data.train))
-    run.write_json("data_summary.json", data_summary(data))
-    model = build_model(cfg, data.num_classes)
-    device = resolve_device(cfg.train.device)
-    loss_fn = load_loss_file(loss_file) if loss_file else SegmentationLoss(cfg.data.ignore_index)
-
-    size, aug = cfg.model.image_size, cfg.train.augment
-    train_set = SegmentationDataset(data.train, segmentation_transforms(True, size, aug), train_labels=True)
-    val_set = SegmentationDataset(data.val, segmentation_transforms(False, size), train_labels=True)
-    doctor = RunDiagnosis(model, cfg, data.num_classes, background_label=False)
-    probe_set = SegmentationDataset(data.train, segmentation_transforms(False, size), train_labels=True)
-    doctor.before_training(model, probe_set, collate_segmentation)  # un-augmented training samples
-    trainer = Trainer(
-        model, train_set, cfg.train, collate_fn=collate_segmentation, loss_fn=loss_fn,
-        evaluate_fn=lambda m: evaluate_model(m, data.val, cfg, device),
-        val_set=val_set if size > 0 else None, primary_metric="miou",
-        callbacks=[doctor.monitor] if doctor.monitor else [], run_dir=run.path, workers=cfg.data.workers,
-    )
-    if resume and not trainer.resume():
-        log.warning("--resume: no usable checkpoint in %s; starting from scratch", run.checkpoints)
-    result = trainer.fit()
-    final = _best_weights(run, trainer.eval_model, device)
-    metrics = evaluate_model(final, data.val, cfg, device)
-    metrics["split"] = "val"
-    run.write_json("metrics.json", metrics)
-    doctor.after_evaluation(run, "miou")
-    run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
-                                         "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by,
-                                         "callback_errors": trainer.state.extra.get("callback_errors", [])})
-    build_report_with_sections(run)
-    return run
-
-
-def _best_weights(run: RunDir, model: nn.Module, device: torch.device) -> nn.Module:
-    from visiondoctor.engine.checkpoint import load_latest
-
-    found = load_latest(run.checkpoints / "best", map_location=device)
-    if found is not None:
-        model.load_state_dict(found[1]["model"])
-    return model.eval()
-
-
-def load_run_model(run: RunDir, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """The run's best (else newest) weights in the model its config describes."""
-    from visiondoctor.engine.checkpoint import load_latest
-
-    cfg = load_config(run.config)
-    cats = run.read_json("categories.json")
-    model = build_model(replace(cfg, model=replace(cfg.model, pretrained=False, pretrained_backbone=False)),
-                        int(cats["num_classes"]))
-    found = load_latest(run.checkpoints / "best", map_location=device) or load_latest(run.checkpoints, device)
-    if found is None:
-        raise FileNotFoundError(f"{run.checkpoints}: no usable checkpoint")
-    model.load_state_dict(found[1]["model"])
-    return model.to(device).eval(), cfg, cats
-
-
-def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -> dict[str, Any]:
-    """Re-evaluate a finished run on a split (whole split unless max_images), write metrics.json,
-    re-run the diagnosis and rebuild the report."""
-    from visiondoctor.doctor.findings import Finding
-    from visiondoctor.engine.trainer import resolve_device
-    from visiondoctor.tasks.diagnosis import RunDiagnosis
-
-    run = RunDir.open(run_dir)
-    device = resolve_device("auto")
-    model, cfg, cats = load_run_model(run, device)
-    cfg = replace(cfg, eval=replace(cfg.eval, max_images=max_images, split=split))
-    data = load_data(cfg, held_out_class(cats))
-    metrics = evaluate_model(model, data.split(split), cfg, device)
-    metrics["split"] = split
-    run.write_json("metrics.json", metrics)
-    # training-time findings stay; the evaluation checks are redone for this split (as detection does)
-    previous = [Finding.from_dict(f) for f in (run.read_json("diagnosis.json") if run.diagnosis_json.exists() else [])
-                if not f["id"].startswith(("eval.", "fit."))]
-    doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)), data.num_classes, False)
-    doctor.findings = previous
-    doctor.after_evaluation(run, "miou")
-    build_report_with_sections(run)
-    return metrics
-
-
-def held_out_class(cats: dict[str, Any]) -> int | None:
-    """The known class a run held out with --anomaly-class (None when the dataset names its anomaly class)."""
-    names = cats.get("names") or []
-    held = [int(a) for a in cats.get("anomaly_labels") or [] if a < len(names) and names[a] != "anomaly"]
-    return held[0] if held else None
-
-
-def build_report_with_sections(run: RunDir) -> None:
-    from visiondoctor.report.html import build_report
-
-    build_report(run.path)

@@ -19,9 +19,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from visiondoctor.data.images import load_rgb
+from visiondoctor.data.samples import DataError
 from visiondoctor.evaluation.latency import time_variants, torch_threads
 from visiondoctor.evaluation.speed import count_flops, count_params, example_image
 from visiondoctor.rundir import RunDir
+from visiondoctor.tasks.export import OnnxDetector, export_onnx, script_model
+from visiondoctor.tasks.pipeline import load_run_model
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,6 @@ RUNTIMES = ("pytorch", "torchscript", "onnxruntime")
 
 def run_image(run: RunDir) -> torch.Tensor | None:
     """The first image the run was evaluated on (gt.json), or None (a synthetic image is used then)."""
-    from visiondoctor.data.images import load_rgb
-    from visiondoctor.data.samples import DataError
-
     try:
         gt = run.read_json("gt.json")
         return load_rgb(Path(gt.get("image_root", "")) / gt["images"][0]["file_name"])
@@ -43,8 +44,6 @@ def run_image(run: RunDir) -> torch.Tensor | None:
 
 def _runner(runtime: str, model: nn.Module, image_size: int, workdir: Path, threads: int | None
             ) -> Callable[[torch.Tensor], Any]:
-    from visiondoctor.tasks.export import OnnxDetector, export_onnx, script_model
-
     if runtime == "pytorch":
         return lambda x: model([x])
     if runtime == "torchscript":
@@ -86,8 +85,6 @@ def measure_runtimes(model: nn.Module, image_size: int, runtimes: Sequence[str] 
 def measure_run(run_dir: str | Path, runtimes: Sequence[str] = RUNTIMES, runs: int = 20, warmup: int = 3,
                 threads: int | None = 1) -> Path:
     """Measure a finished run's best weights in each runtime on CPU; write and return latency.json."""
-    from visiondoctor.tasks.detection import load_run_model
-
     run = RunDir.open(run_dir)
     model, cfg, _ = load_run_model(run, torch.device("cpu"))
     result = measure_runtimes(model, cfg.model.image_size, runtimes, runs, warmup, run_image(run), threads)

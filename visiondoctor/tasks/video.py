@@ -20,10 +20,20 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from visiondoctor.data.samples import CategoryMap
-from visiondoctor.data.video_io import (VIDEO_SUFFIXES, VideoError, VideoWriter, is_video, list_videos, read_frames,
-                                        video_info)
+from visiondoctor.data.video_io import (
+    VIDEO_SUFFIXES,
+    VideoError,
+    VideoWriter,
+    is_video,
+    list_videos,
+    read_frames,
+    video_info,
+)
+from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.rundir import RunDir, write_json_atomic
-from visiondoctor.tasks.predict import annotate
+from visiondoctor.tasks.export import OnnxDetector, export_run
+from visiondoctor.tasks.pipeline import load_run_model
+from visiondoctor.tasks.predict import annotate, list_images, predict_path
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +53,11 @@ class VideoPrediction:
 def load_detector(run: RunDir, runtime: str = "pytorch") -> tuple[Detector, CategoryMap, torch.device]:
     """The run's best weights as a callable detector in `runtime` (ONNX Runtime exports the run to
     export/model.onnx first when it has not been exported yet)."""
-    from visiondoctor.engine.trainer import resolve_device
-    from visiondoctor.tasks.detection import load_run_model
-
     if runtime == "pytorch":
         device = resolve_device("auto")
         model, _, category_map = load_run_model(run, device)
         return model, category_map, device
     if runtime == "onnxruntime":
-        from visiondoctor.tasks.export import OnnxDetector, export_run
-
         path = run.path / "export" / "model.onnx"
         if not path.exists():
             export_run(run.path, "onnx", path)
@@ -167,8 +172,6 @@ def predict_media(run_dir: str | Path, input_path: str | Path, out: str | Path |
     """What `visiondoctor predict` does with any input: a video file -> annotated video; a folder ->
     its videos annotated and its images through predict_path; an image -> predict_path. Returns the
     written outputs (annotated videos and/or the image output folder)."""
-    from visiondoctor.tasks.predict import list_images, predict_path
-
     path = Path(input_path)
     if path.is_file() and is_video(path):
         return [predict_video(run_dir, path, out, threshold, runtime).video]

@@ -22,13 +22,17 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
+from visiondoctor.data.formats.coco import to_coco_dict
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
+from visiondoctor.evaluation.coco import evaluate_detections
 from visiondoctor.evaluation.consistency import spearman
-from visiondoctor.text_query.assign import assign_positives
+from visiondoctor.evaluation.detections import coco_result
+from visiondoctor.models.text_query.assign import assign_positives
+from visiondoctor.models.text_query.encoder import normalise_query
+from visiondoctor.models.text_query.model import TextQueryDetector
 from visiondoctor.text_query.data import QueryGroup
 from visiondoctor.text_query.inference import detect, forward_raw
-from visiondoctor.text_query.model import TextQueryDetector
 
 HIST_EDGES = np.linspace(0.0, 1.0, 11)
 GOOD_IOU = 0.5
@@ -112,11 +116,7 @@ def query_group_predictions(model: TextQueryDetector, index: DetectionIndex, emb
         results = detect(model, [im.to(device) for im in images], embeddings.to(device))
         for target, result in zip(targets, results):
             for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist()):
-                x1, y1, x2, y2 = box
-                per_query[queries[label]].append({
-                    "image_id": int(target["image_id"]), "category_id": int(category_ids[label]),
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(float(score), 5)})
+                per_query[queries[label]].append(coco_result(box, score, int(target["image_id"]), category_ids[label]))
     return per_query
 
 
@@ -124,10 +124,6 @@ def open_vocabulary(model: TextQueryDetector, index: DetectionIndex, groups: Seq
                     embed: Any, device: torch.device, seen_names: Sequence[str]) -> dict[str, Any]:
     """AP of every query against the ground truth of the class it names, on `index`; the mean per
     group. `embed(queries) -> (N, D)` gives the embeddings (an EmbeddingCache.embed)."""
-    from visiondoctor.data.formats.coco import to_coco_dict
-    from visiondoctor.evaluation.coco import evaluate_detections
-    from visiondoctor.text_query.encoder import normalise_query
-
     gt = to_coco_dict(index)
     by_name = {c["name"]: c["id"] for c in gt["categories"]}
     seen = {normalise_query(n) for n in seen_names}

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torchvision.transforms.v2.functional import pil_to_tensor
 
+from visiondoctor.config import load_config
+from visiondoctor.data.images import load_rgb
+from visiondoctor.engine.trainer import resolve_device
+from visiondoctor.models.text_query.encoder import EmbeddingCache, normalise_query
+from visiondoctor.models.text_query.model import TextQueryDetector
 from visiondoctor.rundir import RunDir
-from visiondoctor.text_query.encoder import EmbeddingCache, normalise_query
-from visiondoctor.text_query.model import TextQueryDetector
+from visiondoctor.tasks.pipeline import load_run_model
 
 log = logging.getLogger(__name__)
 EMBEDDING_CACHE = "text_embeddings.json"  # in the run directory
@@ -47,20 +52,14 @@ def embedding_cache(run: RunDir, encoder: str) -> EmbeddingCache:
 
 def run_encoder(run: RunDir) -> str:
     """The text encoder a run was trained with (recorded, resolved, in its config)."""
-    from visiondoctor.config import load_config
-
     return str(load_config(run.config).model.kwargs.get("encoder", "hashed"))
 
 
 def _as_tensor(image: Any) -> torch.Tensor:
     """A path, a PIL image, a uint8 tensor (0-255) or a float tensor (0-1) -> float (3, H, W) in [0, 1]."""
     if isinstance(image, (str, Path)):
-        from visiondoctor.data.images import load_rgb
-
         image = load_rgb(Path(image))
     elif not isinstance(image, torch.Tensor):
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
         image = pil_to_tensor(image.convert("RGB"))
     return image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
 
@@ -68,9 +67,6 @@ def _as_tensor(image: Any) -> torch.Tensor:
 def query(run_dir: str | Path, image: Any, queries: Sequence[str], score_threshold: float = 0.3,
           max_per_query: int = 100, device: str = "auto") -> list[dict[str, Any]]:
     """Detections of each text query in one image, best first: {query, seen, box (xyxy px), score}."""
-    from visiondoctor.engine.trainer import resolve_device
-    from visiondoctor.tasks.detection import load_run_model
-
     if not queries:
         raise ValueError("no text queries given")
     run = RunDir.open(run_dir)

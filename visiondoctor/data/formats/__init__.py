@@ -1,143 +1,109 @@
-"""Detection dataset formats: find which one a path holds and read it into a DetectionIndex.
+"""Dataset formats: one registry for detection and segmentation alike.
 
-Layouts recognised by `load_detection(path, "auto", split)`:
-- a `.json` file: COCO;
-- a folder with `<split>/_annotations.coco.json` (Roboflow COCO export) or
-  `annotations/instances_<split>.json` (COCO layout; images in `<split>/` or `images/<split>/`): COCO;
-- a folder with `Annotations/` (Pascal VOC), or XML files beside the images: VOC;
-- a folder with `data.yaml` / `classes.txt` / `labels/` (or `<split>/labels/`), or a `data.yaml` file: YOLO.
-Split names "val", "valid" and "validation" stand for one another, so a config saying `val` reads
-a Roboflow export's `valid/` folder.
+Each format module in this package registers a `DatasetFormat` (detect, read, list splits and,
+where it exists, write); `load_detection` / `load_segmentation` find the format a path holds
+(`format="auto"`) and read one split of it. A new format is one new module here that calls
+`register_format`, nothing else to edit.
+
+Detection layouts: COCO (a .json file, `<split>/_annotations.coco.json` as Roboflow exports it,
+`annotations/instances_<split>.json`), Pascal VOC (`Annotations/` or XML beside the images),
+YOLO (`data.yaml` / `classes.txt` / `labels/`). Segmentation: image/mask folders and
+StreetHazards (see each module). Split names "val", "valid" and "validation" stand for one another.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from visiondoctor.data.formats.splits import match_split, pick_split
 from visiondoctor.data.samples import DataError, DetectionIndex
+from visiondoctor.data.seg_samples import SegmentationIndex
+from visiondoctor.registry import Registry
 
-FORMATS: tuple[str, ...] = ("coco", "voc", "yolo")
+__all__ = ["DatasetFormat", "FORMATS", "register_format", "load_detection", "load_segmentation", "detect_format",
+           "list_splits", "match_split", "pick_split", "formats_for"]
 
-ROBOFLOW_COCO_FILE = "_annotations.coco.json"
-_SPLIT_ALIASES = ({"val", "valid", "validation"},)
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """How one on-disk format is recognised, listed, read and (optionally) written.
+
+    read(path, split) -> DetectionIndex for detection formats; read(path, split, ignore_index)
+    -> SegmentationIndex for segmentation formats. `priority`: auto-detection tries lower first.
+    `looks_for`: what `detect` looks at, for the message when nothing is recognised."""
+
+    name: str
+    task: str  # "detection" | "segmentation"
+    detect: Callable[[Path], bool]
+    read: Callable[..., Any]
+    list_splits: Callable[[Path], list[str]]
+    looks_for: str
+    write: Callable[..., Any] | None = None
+    priority: int = 50
+
+
+FORMATS: Registry[DatasetFormat] = Registry("dataset format", "visiondoctor.data.formats")
+
+
+def register_format(fmt: DatasetFormat) -> DatasetFormat:
+    return FORMATS.add(fmt.name, fmt)
+
+
+def formats_for(task: str) -> list[DatasetFormat]:
+    """The formats of a task in auto-detection order."""
+    return sorted((f for f in FORMATS.values() if f.task == task), key=lambda f: f.priority)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not os.path.exists(path):  # os.path: False (not OSError) for names too long or otherwise invalid
+        raise DataError(f"{path}: no such file or folder")
+    return path
+
+
+def _named(path: Path, name: str, task: str) -> DatasetFormat:
+    known = formats_for(task)
+    fmt = next((f for f in known if f.name == name), None)
+    if fmt is None:
+        raise DataError(f"{path}: unknown {task} format {name!r}; supported: {', '.join(f.name for f in known)} or auto")
+    return fmt
+
+
+def detect_format(path: Path, task: str = "detection") -> str:
+    """The format a file or folder holds, or DataError saying what was looked for."""
+    path = Path(path)
+    candidates = formats_for(task)
+    for fmt in candidates:
+        if fmt.detect(path):
+            return fmt.name
+    if path.is_file():
+        raise DataError(f"{path}: cannot tell the format of a {path.suffix.lower() or 'suffix-less'} file; give an "
+                        f"annotation file of a known format ({', '.join(f.name for f in candidates)}) or a dataset folder")
+    raise DataError(f"{path}: no {task} dataset recognised. Looked for " + "; ".join(f.looks_for for f in candidates))
+
+
+def _resolve(path: str | Path, format: str, task: str) -> tuple[Path, DatasetFormat]:
+    path = _existing(path)
+    return path, _named(path, detect_format(path, task) if format == "auto" else format, task)
 
 
 def load_detection(path: str | Path, format: str = "auto", split: str | None = None) -> DetectionIndex:
     """Read a detection dataset (file or folder) of `format` ("auto" to detect it), one split of it."""
-    path = Path(path)
-    if not os.path.exists(path):  # os.path: False (not OSError) for names too long or otherwise invalid
-        raise DataError(f"{path}: no such file or folder")
-    fmt = detect_format(path) if format == "auto" else format
-    if fmt not in FORMATS:
-        raise DataError(f"{path}: unknown detection format {format!r}; supported: {', '.join(FORMATS)} or auto")
-    if fmt == "coco":
-        from visiondoctor.data.formats.coco import read_coco
-
-        return read_coco(_coco_file(path, split))
-    if fmt == "voc":
-        from visiondoctor.data.formats.voc import read_voc
-
-        return read_voc(path, split=_pick_split(path, split, list_splits(path, "voc"), required=False))
-    from visiondoctor.data.formats.yolo import read_yolo
-
-    root = path.parent if path.is_file() else path
-    return read_yolo(root, _pick_split(root, split, list_splits(root, "yolo"), required=False))
+    path, fmt = _resolve(path, format, "detection")
+    return fmt.read(path, split)
 
 
-def detect_format(path: Path) -> str:
-    """The format a file or folder holds, or DataError saying what was looked for."""
-    path = Path(path)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            return "coco"
-        if suffix in (".yaml", ".yml"):
-            return "yolo"
-        raise DataError(f"{path}: cannot tell the format of a {suffix or 'suffix-less'} file; give a COCO .json, "
-                        "a YOLO data.yaml, or a dataset folder")
-    if (path / ROBOFLOW_COCO_FILE).is_file() or _roboflow_splits(path) or _coco_layout_splits(path):
-        return "coco"
-    if (path / "Annotations").is_dir() or (any(path.glob("*.xml")) and not (path / "labels").is_dir()):
-        return "voc"
-    yolo_markers = ("data.yaml", "data.yml", "classes.txt", "labels")
-    if any((path / m).exists() for m in yolo_markers) or any((d / "labels").is_dir() for d in _subdirs(path)):
-        return "yolo"
-    raise DataError(
-        f"{path}: no detection dataset recognised. Looked for a COCO .json, <split>/{ROBOFLOW_COCO_FILE}, "
-        "annotations/instances_<split>.json, a VOC Annotations/ folder or *.xml files, "
-        "and a YOLO data.yaml, classes.txt or labels/ folder"
-    )
+def load_segmentation(path: str | Path, format: str = "auto", split: str | None = None,
+                      ignore_index: int = 255) -> SegmentationIndex:
+    """Read one split of a segmentation dataset of `format` ("auto" to detect it)."""
+    path, fmt = _resolve(path, format, "segmentation")
+    return fmt.read(path, split, ignore_index)
 
 
-def list_splits(path: str | Path, format: str = "auto") -> list[str]:
-    """Split names a dataset folder offers (sorted); [] for a single-split file or flat folder."""
-    path = Path(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
-    fmt = detect_format(path) if format == "auto" else format
-    if path.is_file():
-        return []
-    if fmt == "coco":
-        return sorted(set(_roboflow_splits(path)) | set(_coco_layout_splits(path)))
-    if fmt == "voc":
-        from visiondoctor.data.formats.voc import voc_splits
-
-        return voc_splits(path)
-    from visiondoctor.data.formats.yolo import yolo_splits
-
-    return yolo_splits(path)
-
-
-def match_split(split: str, available: list[str]) -> str | None:
-    """`split` as it is named in `available` (val/valid/validation are aliases), or None."""
-    if split in available:
-        return split
-    for group in _SPLIT_ALIASES:
-        if split in group:
-            for name in available:
-                if name in group:
-                    return name
-    return None
-
-
-def _pick_split(path: Path, split: str | None, available: list[str], required: bool = True) -> str | None:
-    if split is None:
-        if len(available) == 1:
-            return available[0]
-        if not available and not required:
-            return None
-        raise DataError(f"{path}: holds splits {available}; choose one (split=...)" if available
-                        else f"{path}: no splits found")
-    name = match_split(split, available)
-    if name is None:
-        if not available and not required:
-            raise DataError(f"{path}: split {split!r} asked for, but this dataset has no splits")
-        raise DataError(f"{path}: no split {split!r}; available: {available}")
-    return name
-
-
-def _coco_file(path: Path, split: str | None) -> Path:
-    if path.is_file():
-        return path
-    if (path / ROBOFLOW_COCO_FILE).is_file() and not _roboflow_splits(path):
-        return path / ROBOFLOW_COCO_FILE
-    roboflow, layout = _roboflow_splits(path), _coco_layout_splits(path)
-    name = _pick_split(path, split, sorted(set(roboflow) | set(layout)))
-    if name in roboflow:
-        return path / name / ROBOFLOW_COCO_FILE
-    return path / "annotations" / f"instances_{name}.json"
-
-
-def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-
-
-def _roboflow_splits(path: Path) -> list[str]:
-    return [d.name for d in _subdirs(path) if (d / ROBOFLOW_COCO_FILE).is_file()]
-
-
-def _coco_layout_splits(path: Path) -> list[str]:
-    folder = path / "annotations"
-    if not folder.is_dir():
-        return []
-    return sorted(f.stem[len("instances_"):] for f in folder.glob("instances_*.json") if f.is_file())
+def list_splits(path: str | Path, format: str = "auto", task: str = "detection") -> list[str]:
+    """Split names a dataset offers (sorted); [] for a single-split file or flat folder."""
+    path, fmt = _resolve(path, format, task)
+    return [] if path.is_file() else fmt.list_splits(path)

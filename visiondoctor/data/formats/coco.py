@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import (
     MAX_SIDE,
     ProblemLog,
@@ -30,6 +31,7 @@ from visiondoctor.data.formats._checks import (
     show,
     valid_side,
 )
+from visiondoctor.data.formats.splits import pick_split, subdirs
 from visiondoctor.data.images import resolve_image_path
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 from visiondoctor.rundir import write_json_atomic
@@ -338,3 +340,48 @@ def write_coco(index: DetectionIndex, path: str | Path, images_root: str | Path 
     """Write the index as COCO JSON atomically. File names are relative to `images_root`
     (default `index.root`): read it back with `read_coco(path, images_root=...)` of the same folder."""
     return write_json_atomic(Path(path), to_coco_dict(index, images_root))
+
+
+# ----- the format's registration: layouts, splits -------------------------------------------------
+
+ROBOFLOW_COCO_FILE = "_annotations.coco.json"
+
+
+def roboflow_splits(path: Path) -> list[str]:
+    return [d.name for d in subdirs(path) if (d / ROBOFLOW_COCO_FILE).is_file()]
+
+
+def coco_layout_splits(path: Path) -> list[str]:
+    folder = path / "annotations"
+    if not folder.is_dir():
+        return []
+    return sorted(f.stem[len("instances_"):] for f in folder.glob("instances_*.json") if f.is_file())
+
+
+def coco_splits(path: Path) -> list[str]:
+    return sorted(set(roboflow_splits(path)) | set(coco_layout_splits(path)))
+
+
+def is_coco(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() == ".json"
+    return (path / ROBOFLOW_COCO_FILE).is_file() or bool(roboflow_splits(path)) or bool(coco_layout_splits(path))
+
+
+def coco_file(path: Path, split: str | None) -> Path:
+    """The annotation file of `split` in a COCO file or folder."""
+    if path.is_file():
+        return path
+    if (path / ROBOFLOW_COCO_FILE).is_file() and not roboflow_splits(path):
+        return path / ROBOFLOW_COCO_FILE
+    name = pick_split(path, split, coco_splits(path))
+    if name in roboflow_splits(path):
+        return path / name / ROBOFLOW_COCO_FILE
+    return path / "annotations" / f"instances_{name}.json"
+
+
+register_format(DatasetFormat(
+    name="coco", task="detection", priority=10, detect=is_coco,
+    read=lambda path, split: read_coco(coco_file(path, split)), list_splits=coco_splits,
+    looks_for=f"a COCO .json file, <split>/{ROBOFLOW_COCO_FILE} or annotations/instances_<split>.json",
+    write=write_coco))

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from visiondoctor.data.formats import DatasetFormat, register_format
+from visiondoctor.data.formats.splits import subdirs
 from visiondoctor.data.seg_samples import (
     DataError,
     Problem,
@@ -240,3 +242,22 @@ def read_mask_folder(
         root, images_dir, pairs, names, valid, ignore_index=ignore_index,
         value_to_label=identity_lut(len(names), ignore_index), extra_problems=problems, check_masks=check_masks,
     )
+
+
+def mask_splits(root: Path) -> list[str]:
+    """Splits of an image/mask folder: `<split>/images` + `<split>/masks`, or `images/<split>` + `masks/<split>`."""
+    found = {d.name for d in subdirs(root) if (d / "images").is_dir() and (d / "masks").is_dir()}
+    found |= {d.name for d in subdirs(root / "images") if (root / "masks" / d.name).is_dir()}
+    return sorted(found)
+
+
+def is_mask_folder(root: Path) -> bool:
+    """Any folder: the generic layout is the fallback when no other segmentation layout is recognised
+    (its reader then says which image/mask folders it looked for)."""
+    return root.is_dir()
+
+
+register_format(DatasetFormat(
+    name="masks", task="segmentation", priority=90, detect=is_mask_folder,
+    read=lambda root, split, ignore_index=255: read_mask_folder(root, split, ignore_index=ignore_index),
+    list_splits=mask_splits, looks_for="images/ + masks/ folders (optionally per split) with classes.txt"))

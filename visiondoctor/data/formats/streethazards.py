@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats.masks import build_index, read_class_names
 from visiondoctor.data.seg_samples import DataError, SegmentationIndex
 
@@ -74,3 +75,14 @@ def read_streethazards(root: str | Path, split: str = "train", *, ignore_index: 
         root, images_dir, pairs, names, valid, ignore_index=ignore_index,
         value_to_label=shifted_lut(len(names), ignore_index), anomaly_labels=anomaly, check_masks=check_masks,
     )
+
+
+def streethazards_splits(root: Path) -> list[str]:
+    return [name for name in ("train", "val", "test")
+            if (Path(root) / SPLITS[name][0] / "images" / SPLITS[name][1]).is_dir()]
+
+
+register_format(DatasetFormat(
+    name="streethazards", task="segmentation", priority=10, detect=is_streethazards,
+    read=lambda root, split, ignore_index=255: read_streethazards(root, split, ignore_index=ignore_index),
+    list_splits=streethazards_splits, looks_for="StreetHazards train/images/training and test/images/test"))

@@ -23,7 +23,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
+from visiondoctor.data.formats.splits import pick_split
 from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size, resolve_image_path
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 
@@ -215,3 +217,15 @@ def _find_image(img_dir: Path, stem: str) -> str:
             if os.path.isfile(img_dir / candidate):
                 return candidate
     return ""
+
+
+def is_voc(path: Path) -> bool:
+    if path.is_file():
+        return False
+    return (path / "Annotations").is_dir() or (any(path.glob("*.xml")) and not (path / "labels").is_dir())
+
+
+register_format(DatasetFormat(
+    name="voc", task="detection", priority=20, detect=is_voc,
+    read=lambda path, split: read_voc(path, split=pick_split(path, split, voc_splits(path), required=False)),
+    list_splits=voc_splits, looks_for="a VOC Annotations/ folder or *.xml files"))

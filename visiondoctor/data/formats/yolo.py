@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
+from visiondoctor.data.formats.splits import pick_split, subdirs
 from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 
@@ -215,3 +217,22 @@ def _number(token: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+YOLO_MARKERS = ("data.yaml", "data.yml", "classes.txt", "labels")
+
+
+def is_yolo(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() in (".yaml", ".yml")
+    return any((path / m).exists() for m in YOLO_MARKERS) or any((d / "labels").is_dir() for d in subdirs(path))
+
+
+def _read(path: Path, split: str | None) -> DetectionIndex:
+    root = path.parent if path.is_file() else path
+    return read_yolo(root, pick_split(root, split, yolo_splits(root), required=False))
+
+
+register_format(DatasetFormat(
+    name="yolo", task="detection", priority=30, detect=is_yolo, read=_read, list_splits=yolo_splits,
+    looks_for="a YOLO data.yaml, classes.txt or labels/ folder"))

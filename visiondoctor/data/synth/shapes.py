@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from visiondoctor.data.synth import register_generator
+
 SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ellipse")
 DEFAULT_CLASSES = ("circle", "square", "triangle", "star", "cross")
 BACKGROUND_KINDS = ("plain", "gradient", "stripes", "noise", "checker")
@@ -254,6 +256,7 @@ class _Params:
     supersample: int
 
 
+@register_generator("shapes", marker="train/_annotations.coco.json")
 def generate_shapes(
     out_dir: Path | str,
     num_train: int = 1500,

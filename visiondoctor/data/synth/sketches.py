@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from visiondoctor.data.synth import register_generator
+
 ANNOTATION_FILE = "_annotations.coco.json"
 PHASES_FILE = "phases.json"
 SUMMARY_FILE = "generation_summary.json"
@@ -250,6 +252,7 @@ def _phase_images(rng: np.random.Generator, class_indices: Sequence[int], instan
 
 # ----- the dataset -------------------------------------------------------------------------------------------------
 
+@register_generator("sketches", marker="train/_annotations.coco.json")
 def generate_sketches(
     out_dir: str | Path,
     num_train: int | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from visiondoctor.data.formats.streethazards import SPLITS
+from visiondoctor.data.synth import register_generator
 
 CLASSES = [
     "sky", "building", "fence", "other", "pedestrian", "pole", "road line",
@@ -301,6 +302,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int, anomalies: i
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), np.asarray(c.label, dtype=np.uint8)
 
 
+@register_generator("streets", marker="streets.json")
 def generate_streets(
     out_dir: str | Path,
     num_train: int = 400,

@@ -1,6 +1,7 @@
 """Autocast coverage: which modules ran under autocast during one training step."""
 from __future__ import annotations
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.introspect import top_level
 from visiondoctor.doctor.probe import Observation
@@ -13,6 +14,14 @@ def _by_group(state: dict[str, bool]) -> dict[str, tuple[int, int]]:
     return {g: (sum(v), len(v)) for g, v in groups.items()}
 
 
+AMP_PARTIAL = FindingDoc(
+    "amp.partial", "only part of the forward/loss ran under autocast",
+    "whether autocast was enabled when each parameterised module ran, in a training forward as the loop runs it "
+    "and in one wrapped in an outer autocast", needs="the contract only",
+    severity="warning when only some modules run under autocast; info when modules switch an outer autocast off")
+
+
+@check("probe", findings=[AMP_PARTIAL], order=100)
 def check_autocast_coverage(obs: Observation) -> list[Finding]:
     """amp.partial from the probe's two training forwards (without and with an outer autocast)."""
     obs.require("train")

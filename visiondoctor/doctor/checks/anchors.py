@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from visiondoctor.doctor import introspect
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.hooks import AnchorRecord, MatchStats
 from visiondoctor.doctor.probe import Observation
@@ -59,6 +60,11 @@ def best_possible_recall(rec: AnchorRecord, gt_boxes: list[torch.Tensor], iou: f
     return float((b >= iou).float().mean()), b, torch.cat(boxes)
 
 
+@check("probe", order=20, findings=[FindingDoc(
+    "anchors.coverage", "anchors cannot reach the ground-truth boxes (low best possible recall)",
+    "best possible recall: the share of ground-truth boxes (in the frame the priors live in) that at least one of "
+    "the model's own priors overlaps at IoU >= 0.5", needs="priors returned by a module named like anchor/prior or a "
+    "torchvision anchor generator", severity="warning below 0.9, error below 0.5")])
 def check_anchor_coverage(model: nn.Module, obs: Observation, iou: float = 0.5) -> list[Finding]:
     """anchors.coverage: BPR of the model's own anchors on the probe batch's boxes (in the frame the anchors live in)."""
     obs.require("train")
@@ -120,6 +126,11 @@ def _centre_spacing(level: torch.Tensor) -> float | None:
     return float(torch.diff(torch.sort(cx).values).median())
 
 
+@check("probe", order=21, findings=[FindingDoc(
+    "anchors.stride-mismatch", "anchor base size or grid stride disagrees with the measured feature stride",
+    "spacing of the prior centres per level against the stride measured from the feature map they tile, and the "
+    "share of the image they tile", needs="priors returned by a module named like anchor/prior or a torchvision "
+    "anchor generator", severity="error")])
 def check_anchor_strides(model: nn.Module, obs: Observation) -> list[Finding]:
     """anchors.stride-mismatch: anchor-centre spacing per level vs the stride measured from the feature map it tiles."""
     obs.require("train")
@@ -159,7 +170,12 @@ def check_anchor_strides(model: nn.Module, obs: Observation) -> list[Finding]:
     return findings
 
 
-def positives_findings(matches: Mapping[str, list[MatchStats]], step: int | None = None) -> list[Finding]:
+@check("monitor", order=40, findings=[FindingDoc(
+    "assignment.low-iou-positives", "positives are matched at low IoU (or at random)",
+    "the IoU of every positive a matcher returns with the box it was assigned, read from the IoU matrix it is "
+    "called with", needs="a matcher object (type name ending in Matcher) called with an IoU matrix",
+    severity="error when more than 25 % of positives have IoU < 0.1; warning when no positive is found")])
+def positives_findings(matches: Mapping[str, list[MatchStats]], match_step: int | None = None) -> list[Finding]:
     """assignment.low-iou-positives from recorded matcher calls (probe or training monitor)."""
     findings = []
     for where, stats in matches.items():
@@ -175,7 +191,7 @@ def positives_findings(matches: Mapping[str, list[MatchStats]], step: int | None
                 id="assignment.low-iou-positives", severity="warning",
                 title="The matcher found no positive for any ground-truth box",
                 evidence={"images": len(per_image), "ground_truth_boxes": num_gt, "positives": 0,
-                          **({"step": step} if step is not None else {})},
+                          **({"step": match_step} if match_step is not None else {})},
                 cause="No anchor/proposal overlaps a ground-truth box enough to become a positive.",
                 fix="See anchors.coverage: make anchor sizes match the boxes.",
                 where=where))
@@ -189,7 +205,7 @@ def positives_findings(matches: Mapping[str, list[MatchStats]], step: int | None
                       "positives are assigned without regard to overlap (random or broken matching)",
                 evidence={"positive_iou_median": round(median, 3), "positive_iou_quantiles_0_10_50_90_100": _q(ious),
                           "fraction_below_0.1": round(low, 3), "positives_per_image_mean": round(sum(per_image) / len(per_image), 1),
-                          "ground_truth_boxes": num_gt, **({"step": step} if step is not None else {})},
+                          "ground_truth_boxes": num_gt, **({"step": match_step} if match_step is not None else {})},
                 cause="A positive teaches the classifier 'object here' and the regressor 'move to this box'; "
                       "when positives do not overlap their box, the classifier learns the positive rate as a constant "
                       "and the box deltas grow without bound.",
@@ -199,6 +215,7 @@ def positives_findings(matches: Mapping[str, list[MatchStats]], step: int | None
     return findings
 
 
+@check("probe", order=22, findings=["assignment.low-iou-positives"])
 def check_matched_positives(obs: Observation) -> list[Finding]:
     obs.require("train")
     return positives_findings(obs.matches)

@@ -1,10 +1,15 @@
 """Frozen modules whose BatchNorm layers still update their running statistics."""
 from __future__ import annotations
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.probe import Observation
 
 
+@check("probe", order=80, findings=[FindingDoc(
+    "bn.frozen-but-updating", "frozen modules whose BatchNorm statistics still update",
+    "BatchNorm layers inside modules whose parameters are all frozen, in train mode, whose running mean moved during "
+    "one training forward", needs="the contract only", severity="warning")])
 def check_frozen_batchnorm(obs: Observation) -> list[Finding]:
     """bn.frozen-but-updating: BatchNorm in train mode inside a module whose parameters are all frozen, measured
     by the running mean changing across one training forward."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
+from visiondoctor.evaluation.consistency import score_iou_consistency
 
 MIN_DETECTIONS = 20  # fewer high-score detections than this say nothing about a population
 HIGH_SCORE_LOW_IOU_ERROR = 0.5  # most confident detections are on nothing
@@ -12,21 +14,26 @@ HIGH_SCORE_LOW_IOU_WARNING = 0.25
 SPEARMAN_WARNING = 0.2
 
 
-def score_iou_findings(result: dict[str, Any]) -> list[Finding]:
+@check("evaluation", "run", order=60, findings=[FindingDoc(
+    "consistency.score-iou", "detection scores do not track box quality",
+    "Spearman correlation of detection scores with their IoU to the best same-class box, and the share of confident "
+    "detections (score >= 0.5) overlapping no object at IoU 0.3", needs="the contract only",
+    severity="error when >= 50 % of confident detections hit nothing; warning at >= 25 % or Spearman < 0.2")])
+def score_iou_findings(consistency: dict[str, Any]) -> list[Finding]:
     """consistency.score-iou from a `score_iou_consistency` result (as in consistency.json)."""
-    n = int(result.get("n") or 0)
-    bad = result.get("high_score_low_iou", {})
+    n = int(consistency.get("n") or 0)
+    bad = consistency.get("high_score_low_iou", {})
     share = float(bad.get("share_of_high_score") or 0.0)
     count = int(bad.get("count") or 0)
     high = round(count / share) if share > 0 else 0
-    rho = result.get("spearman")
+    rho = consistency.get("spearman")
     if n < MIN_DETECTIONS:
         return []
     evidence = {"detections": n, "spearman_score_vs_iou": None if rho is None else round(rho, 3),
-                "mean_iou": None if result.get("mean_iou") is None else round(result["mean_iou"], 3),
+                "mean_iou": None if consistency.get("mean_iou") is None else round(consistency["mean_iou"], 3),
                 "high_score_low_iou": count, "share_of_high_score": round(share, 3),
                 "score_threshold": bad.get("score_threshold"), "iou_threshold": bad.get("iou_threshold"),
-                "mean_iou_by_score_bin": result.get("mean_iou_by_score_bin", {}).get("mean_iou")}
+                "mean_iou_by_score_bin": consistency.get("mean_iou_by_score_bin", {}).get("mean_iou")}
     if count >= 10 and share >= HIGH_SCORE_LOW_IOU_ERROR:
         severity = "error"
     elif (count >= 10 and share >= HIGH_SCORE_LOW_IOU_WARNING) or (rho is not None and rho < SPEARMAN_WARNING and high >= 10):
@@ -50,11 +57,13 @@ def score_iou_findings(result: dict[str, Any]) -> list[Finding]:
 
 def check_score_iou(gt: dict, predictions: list[dict], min_score: float = 0.05) -> list[Finding]:
     """consistency.score-iou on COCO ground truth and results."""
-    from visiondoctor.evaluation.consistency import score_iou_consistency
-
     return score_iou_findings(score_iou_consistency(gt, predictions, min_score))
 
 
+@check("evaluation", "run", order=70, findings=[FindingDoc(
+    "eval.error-breakdown", "which error type (TIDE-style) costs the most AP",
+    "AP50 gained by fixing each error type (classification, localisation, both, duplicate, background, missed)",
+    needs="the contract only", severity="info")])
 def error_breakdown_findings(tide: dict[str, Any]) -> list[Finding]:
     """eval.error-breakdown: which error type costs the most AP50 (TIDE-style), as an info finding."""
     dap = {k: v for k, v in (tide.get("dap") or {}).items() if v is not None}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 
 OUT_OF_IMAGE_TOLERANCE_PX = 1.0
@@ -175,6 +176,31 @@ def check_categories(index: DetectionIndex) -> list[Finding]:
     return findings
 
 
+DATA_DOCS = [
+    FindingDoc("data.label-zero-background",
+               "a real class uses label 0, which torchvision detectors reserve for background",
+               "the labels the model will be trained with, against the model's background convention",
+               needs="to know whether label 0 is background (a torchvision detector, or the model's background_label)",
+               severity="error"),
+    FindingDoc("data.box-format", "boxes look like the wrong format (xywh vs xyxy, normalised vs pixels)",
+               "the share of boxes with x2 <= x1 or y2 <= y1 (valid as xywh instead), or every coordinate <= 1.5 on "
+               "images larger than 32 px", needs="nothing from the model (data only)", severity="error"),
+    FindingDoc("data.box-out-of-image", "boxes extend outside the image",
+               "boxes crossing the image border by more than 1 px", needs="nothing from the model (data only)",
+               severity="warning; error above 25 % of boxes"),
+    FindingDoc("data.empty-category", "a category has no annotations", "boxes per declared category",
+               needs="nothing from the model (data only)",
+               severity="warning; info for a Roboflow-style supercategory"),
+    FindingDoc("data.class-imbalance", "one class dominates the annotations",
+               "boxes of the most frequent class per box of the rarest", needs="nothing from the model (data only)",
+               severity="info at 10:1, warning at 50:1"),
+    FindingDoc("data.tiny-boxes", "many boxes are smaller than the model's smallest anchor/stride can resolve",
+               "the share of boxes thinner than the smallest measured prior stride (8 px when unknown)",
+               needs="the model's priors for the stride (else 8 px)", severity="warning above 10 % of boxes"),
+]
+
+
+@check("data", order=10, findings=DATA_DOCS)
 def check_index(index: DetectionIndex, category_map: CategoryMap | None = None, background_label: bool = True,
                 min_size: float = 8.0) -> list[Finding]:
     """All data checks on a split, in the labels the model will see when `category_map` is given."""
@@ -185,6 +211,7 @@ def check_index(index: DetectionIndex, category_map: CategoryMap | None = None, 
     return findings
 
 
+@check("probe", order=10, findings=[d.id for d in DATA_DOCS if d.id not in ("data.empty-category", "data.class-imbalance")])
 def check_targets(targets: Sequence[dict], image_sizes: Sequence[tuple[int, int]], background_label: bool = True,
                   min_size: float = 8.0) -> list[Finding]:
     """All data checks on a batch of torchvision-style targets (boxes xyxy pixels, labels)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 
 VAL_RISE = 0.10  # validation loss 10 % above its minimum while training loss keeps falling: overfitting
@@ -29,6 +30,11 @@ def mean_confidence_interval(mean: float, std: float, n: int, population: int | 
     return (mean - half, mean + half)
 
 
+@check("evaluation", "run", order=10, findings=[FindingDoc(
+    "eval.sample-bias", "a metric is taken on a small subset and reported as the dataset figure",
+    "evaluated against total images of the split (metrics.json subset / num_images / total_images), with the 95 % "
+    "confidence interval of the per-image mean when a per-image distribution exists",
+    needs="nothing from the model (the metrics file)", severity="warning")])
 def check_sample_size(metrics: Mapping[str, Any], metric: str | None = None) -> list[Finding]:
     """eval.sample-bias: the metrics were computed on a subset of the split (metrics.json keys `subset`,
     `num_images`/`total_images`, and for segmentation `per_image_miou` {mean, std, n})."""
@@ -69,6 +75,11 @@ def _series(history: Sequence[Mapping[str, Any]], split: str, key: str) -> list[
     return out
 
 
+@check("evaluation", "run", order=20, findings=[FindingDoc(
+    "fit.generalization-gap", "validation loss/metric far from training",
+    "training and validation loss per epoch: validation rising >= 10 % above its minimum while training falls",
+    needs="nothing from the model (the history)",
+    severity="warning when validation got worse while training improved; info for a gap that is still closing")])
 def check_generalization_gap(history: Sequence[Mapping[str, Any]], loss_key: str = "loss",
                              metric_key: str | None = None) -> list[Finding]:
     """fit.generalization-gap from the history rows (split "train"/"val", epoch, loss, metrics), as the Trainer

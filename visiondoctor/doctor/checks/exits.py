@@ -5,7 +5,15 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 
+from visiondoctor.doctor.checks import FindingDoc, declare
 from visiondoctor.doctor.findings import Finding
+
+declare(FindingDoc(
+    "early-exit.degenerate", "almost every image leaves at one exit / threshold below constant confidence",
+    "per-image exit indices and per-exit confidences of an early-exit model against its thresholds",
+    needs="an early-exit model (this project's exits)",
+    severity="error when an exit's confidence is constant and its threshold lies below it; warning when >= 95 % "
+             "of images leave at one exit", stage="early-exit calibration (eval --early-exit)"))
 
 DOMINANT_EXIT = 0.95  # share of images at one exit above which the policy is not choosing anything
 CONSTANT_SPREAD = 0.02  # max - min confidence of an exit over the images: a head that ignores its input

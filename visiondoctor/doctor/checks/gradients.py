@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.probe import Observation
 from visiondoctor.engine.distributed import unused_parameters_advice, world_size
@@ -30,6 +31,10 @@ def compress_to_modules(param_names: Sequence[str], all_params: Sequence[str]) -
     return out
 
 
+@check("probe", order=60, findings=[FindingDoc(
+    "params.no-gradient", "trainable parameters receive no gradient",
+    "trainable parameters whose .grad is still None after a backward of the training loss", needs="the contract only",
+    severity="error when >= 1 % of the trainable weights, else warning")])
 def check_no_gradient(obs: Observation) -> list[Finding]:
     """params.no-gradient: trainable parameters whose .grad is still None after a backward of the training loss."""
     obs.require("train")
@@ -59,16 +64,23 @@ def check_no_gradient(obs: Observation) -> list[Finding]:
     )]
 
 
-def grad_norm_findings(history: Mapping[str, Sequence[float]], steps: Sequence[int],
+@check("monitor", order=30, findings=[
+    FindingDoc("grad.exploding", "gradient norm explodes",
+               "each top-level module's gradient norm per step against its running median",
+               needs="the contract only", severity="warning; error if still high at the end"),
+    FindingDoc("grad.vanishing", "gradient norm vanishes",
+               "a module's median gradient norm against the median of the other modules (below 1e-6 x)",
+               needs="the contract only", severity="warning")])
+def grad_norm_findings(grad_history: Mapping[str, Sequence[float]], grad_steps: Sequence[int],
                        explode_factor: float = 100.0, vanish_ratio: float = 1e-6) -> list[Finding]:
-    """grad.exploding / grad.vanishing from per-module gradient-norm histories (same length as `steps`).
+    """grad.exploding / grad.vanishing from per-module gradient-norm histories (same length as `grad_steps`).
 
     Exploding: a module's norm jumps above `explode_factor` x its running median of the earlier steps.
     Vanishing: a module's norm stays below `vanish_ratio` x the median norm of the other modules over the
     last half of the history (it trains while the rest of the network does)."""
     findings = []
     medians: dict[str, float] = {}
-    for name, values in history.items():
+    for name, values in grad_history.items():
         finite = [v for v in values if v == v and abs(v) != float("inf")]
         if len(finite) < 4:
             continue
@@ -81,7 +93,7 @@ def grad_norm_findings(history: Mapping[str, Sequence[float]], steps: Sequence[i
                 findings.append(Finding(
                     id="grad.exploding", severity="warning" if values[-1] <= explode_factor * med else "error",
                     title=f"Gradient norm of '{name}' jumped to {values[i]:.3g}, {values[i] / med:.0f}x its median",
-                    evidence={"module": name, "step": steps[i], "grad_norm": round(values[i], 6), "median_before": round(med, 6),
+                    evidence={"module": name, "step": grad_steps[i], "grad_norm": round(values[i], 6), "median_before": round(med, 6),
                               "last_grad_norm": round(values[-1], 6)},
                     cause="A learning rate too high for this module, a loss term without normalisation, "
                           "or a degenerate target (e.g. box deltas of unbounded size).",
@@ -109,6 +121,10 @@ def grad_norm_findings(history: Mapping[str, Sequence[float]], steps: Sequence[i
     return findings
 
 
+@check("probe", order=70, findings=[FindingDoc(
+    "optimizer.missing-params", "trainable parameters the optimizer does not hold (or a param group with lr 0)",
+    "trainable parameters held by no param group of the optimizer, and groups with lr 0",
+    needs="the optimizer", severity="error; warning for a group with lr 0")])
 def check_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> list[Finding]:
     """optimizer.missing-params: trainable parameters that no param group of the optimizer holds, or groups with lr 0."""
     if optimizer is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.probe import Observation
 
@@ -22,6 +24,12 @@ def measured_class_counts(obs: Observation) -> dict[str, tuple[str, int]]:
     return counts
 
 
+@check("probe", order=30, findings=[FindingDoc(
+    "head.num-classes-mismatch", "a head's output size disagrees with the number of classes",
+    "the measured output size of every classification head (auxiliary ones included) against the classes the data "
+    "needs and against each other; target and predicted labels beyond the head",
+    needs="torchvision head classes or heads named classifier/aux*, else a segmenter's out/aux logits",
+    severity="error")])
 def check_head_classes(model: nn.Module, obs: Observation, num_classes: int | None = None) -> list[Finding]:
     """head.num-classes-mismatch: a head (or an auxiliary head) with another number of outputs than the data needs,
     heads that disagree with each other, or predicted/target labels beyond the head."""
@@ -86,11 +94,14 @@ def _layer_io(m: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+@check("probe", order=40, findings=[FindingDoc(
+    "head.class-specific-regression", "box regression outputs 4 numbers per class",
+    "a linear box layer with 4 x C outputs beside a C-way linear classifier on the same input",
+    needs="linear layers in the model (their sizes)",
+    severity="warning; info for torchvision's Fast R-CNN predictor, which does it by design")])
 def check_class_specific_regression(model: nn.Module, num_classes: int | None = None) -> list[Finding]:
     """head.class-specific-regression: a linear box layer with 4 x (classes) outputs beside a linear classifier of
     (classes) outputs taking the same input — the Fast R-CNN predictor pattern."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-
     findings = []
     for parent_name, parent in model.named_modules():
         layers = [(n, m, _layer_io(m)) for n, m in parent.named_children() if _layer_io(m) is not None]

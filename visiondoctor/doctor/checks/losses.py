@@ -5,10 +5,28 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 
 IMBALANCE_RATIO = 1000.0  # three orders of magnitude: torchvision's own components stay within ~100x once training
 NOT_LEARNING_RATIO = 0.95  # the last window's median is at least 95 % of the first window's
+
+
+NONFINITE = FindingDoc(
+    "loss.nonfinite", "a loss component or gradient is NaN/inf",
+    "every loss component and the gradient norm of every top-level module at every step (the first non-finite one)",
+    needs="the contract only",
+    severity="error; warning for fewer than 3 steps with non-finite gradients (a GradScaler skips those)")
+NONFINITE_GRAD_STEPS_ERROR = 3  # a GradScaler skips an occasional fp16 overflow; repeated ones are a bug
+
+
+@check("monitor", order=10, findings=[NONFINITE])
+def nonfinite_findings(nonfinite: Sequence[Finding], nonfinite_grad_steps: int = 0) -> list[Finding]:
+    """loss.nonfinite as the monitor recorded it: an occasional non-finite gradient is a warning (a GradScaler
+    skips such steps); a non-finite loss component, or repeated non-finite gradients, an error."""
+    occasional = nonfinite_grad_steps < NONFINITE_GRAD_STEPS_ERROR
+    return [Finding(**{**f.to_dict(), "severity": "warning"}) if occasional and f.evidence.get("kind") != "loss component"
+            else f for f in nonfinite]
 
 
 def nonfinite_finding(what: str, step: int, value: float, kind: str = "loss component") -> Finding:
@@ -27,10 +45,14 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-def loss_balance_findings(history: Mapping[str, Sequence[float]], window: int = 50) -> list[Finding]:
+@check("monitor", order=20, findings=[FindingDoc(
+    "loss.imbalance", "loss components differ by orders of magnitude",
+    "the medians of the loss components over the last window of steps (>= 1000x apart)", needs="the contract only",
+    severity="warning")])
+def loss_balance_findings(loss_history: Mapping[str, Sequence[float]], window: int = 50) -> list[Finding]:
     """loss.imbalance: medians over the last `window` steps of each component differ by >= IMBALANCE_RATIO."""
     medians = {}
-    for name, values in history.items():
+    for name, values in loss_history.items():
         tail = _finite(values[-window:])
         if tail:
             medians[name] = statistics.median(abs(v) for v in tail)
@@ -52,9 +74,13 @@ def loss_balance_findings(history: Mapping[str, Sequence[float]], window: int = 
         where=lo)]
 
 
-def not_learning_findings(total: Sequence[float], steps: Sequence[int], window: int = 50) -> list[Finding]:
+@check("monitor", order=25, findings=[FindingDoc(
+    "train.not-learning", "loss does not decrease",
+    "the median total loss of the last window of steps against the first window (>= 95 %)", needs="the contract only",
+    severity="warning")])
+def not_learning_findings(total_history: Sequence[float], steps: Sequence[int], window: int = 50) -> list[Finding]:
     """train.not-learning: the median loss of the last window is not below that of the first window."""
-    values = list(total)
+    values = list(total_history)
     if len(values) < 2 * window:
         return []
     first, last = _finite(values[:window]), _finite(values[-window:])

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from visiondoctor.doctor import hooks, introspect
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.doctor.probe import model_device, to_device
@@ -193,6 +194,13 @@ def _regression_stats(reg: torch.Tensor, box_coder: Any, fg: torch.Tensor) -> di
             "fraction_beyond_clip_top_scoring": round(float(top_beyond), 4)}
 
 
+@check("monitor", "evaluation", order=50, findings=[FindingDoc(
+    "output.background-collapse", "the classifier predicts background everywhere",
+    "the foreground score of every location (raw head outputs) or detection: none reaching the threshold, the "
+    "p1-p99 spread, and the AUROC of locations on objects against the others",
+    needs="torchvision dense heads / box predictor for the per-location scores and the error level; else the "
+          "returned detections", severity="error when nothing reaches the threshold and objects do not outrank "
+          "background (AUROC < 0.75) or the score is constant; warning when nothing reaches it otherwise")])
 def check_background_collapse(stats: OutputStats) -> list[Finding]:
     """output.background-collapse: no location reaches the threshold, or one score everywhere."""
     if not stats.fg_quantiles:
@@ -237,6 +245,11 @@ def check_background_collapse(stats: OutputStats) -> list[Finding]:
     return []
 
 
+@check("monitor", "evaluation", order=51, findings=[FindingDoc(
+    "output.detections-per-image", "detections per image are implausible for the threshold",
+    "the share of locations above the threshold, and detections per image against objects per image",
+    needs="the contract only (per-location share: torchvision heads)",
+    severity="error when more than half the locations pass; warning above max(10 x objects, 20) per image")])
 def check_detections_per_image(stats: OutputStats) -> list[Finding]:
     """output.detections-per-image: the threshold keeps (nearly) every location, or far more boxes than objects."""
     ev = stats.to_evidence()
@@ -263,6 +276,11 @@ def check_detections_per_image(stats: OutputStats) -> list[Finding]:
     return []
 
 
+@check("monitor", "evaluation", order=52, findings=[FindingDoc(
+    "regression.out-of-range", "box-regression outputs far outside the coder's range",
+    "box deltas (divided by the coder's weights) beyond the coder's clamp, over all and over the top-scoring "
+    "locations", needs="a torchvision BoxCoder and dense head / box predictor",
+    severity="warning above 1 % of deltas, error above 10 %")])
 def check_regression_range(stats: OutputStats) -> list[Finding]:
     """regression.out-of-range: box deltas beyond the range the coder decodes without clamping."""
     reg = stats.reg
@@ -282,3 +300,23 @@ def check_regression_range(stats: OutputStats) -> list[Finding]:
         fix="Encode regression targets with the model's own BoxCoder against anchors that overlap the box (IoU "
             "matching); check the regression loss is averaged over positives.",
         where=stats.source)]
+
+
+@check("run", order=75, findings=["output.background-collapse"])
+def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float = 0.5) -> list[Finding]:
+    """output.background-collapse (warning) from detection_stats.json: no image has a detection at the display
+    threshold while lower thresholds keep many — the score distribution never reaches it."""
+    per_image = detection_stats.get("per_image") or {}
+    at = per_image.get(f"{threshold:g}")
+    low = per_image.get(min(per_image, key=float)) if per_image else None
+    if not at or not low or at.get("zero_share") != 1.0 or not low.get("mean"):
+        return []
+    return [Finding(
+        id="output.background-collapse", severity="warning",
+        title=f"No image has a detection at score {threshold:g}, although {low['mean']:.0f} per image pass a lower threshold",
+        evidence={"detections_per_image": per_image, "score_max": detection_stats.get("score_max"),
+                  "num_images": detection_stats.get("num_images")},
+        cause="The classifier's scores stay below the threshold: too little training, or a classifier that did not learn "
+              "where objects are (check assignment.low-iou-positives and the score histogram).",
+        fix="If training was short, train longer; otherwise fix the assignment/loss balance rather than lowering the threshold.",
+        where="detection_stats.json")]

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import math
 
+from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.probe import Observation
 
 SCALE_TOLERANCE_LOG2 = 0.2  # ~15 %: torchvision rounds scales to powers of two; padding moves them by a few %
 
 
+@check("probe", order=90, findings=[FindingDoc(
+    "roi.scale-mismatch", "RoIAlign/RoIPool spatial_scale disagrees with the measured feature-to-image ratio",
+    "every torchvision RoI pooling call seen at the dispatcher: its spatial_scale against the measured ratio of its "
+    "input map to the image (off by more than 2^0.2)", needs="the contract only (RoI ops from torchvision.ops)",
+    severity="error")])
 def check_roi_scale(obs: Observation) -> list[Finding]:
     """roi.scale-mismatch: every RoI pooling call whose spatial_scale disagrees with its input map's measured scale."""
     obs.require("eval")

@@ -1,13 +1,13 @@
 """ZooCase and the registry of cases."""
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.runner import check_failed
+from visiondoctor.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,18 @@ class ZooOutcome:
         return [f for f in self.healthy if f.id == self.case.expected_id and f.severity in ("error", "warning")]
 
 
-ZOO: dict[str, ZooCase] = {}
+# Cases register themselves in their own module of the zoo package (found by the registry).
+ZOO: Registry[ZooCase] = Registry("zoo case", "visiondoctor.doctor.zoo")
 
 
 def register(case: ZooCase) -> ZooCase:
-    if case.name in ZOO:
-        raise ValueError(f"zoo case {case.name!r} registered twice")
-    ZOO[case.name] = case
-    return case
+    return ZOO.add(case.name, case)
 
 
 def run_case(name: str, healthy: bool = False) -> list[Finding]:
     """The findings of one version of a case; an exception becomes a check.failed finding."""
     if name not in ZOO:
-        raise KeyError(f"unknown zoo case {name!r}; available: {', '.join(sorted(ZOO))}")
+        raise KeyError(f"unknown zoo case {name!r}; available: {', '.join(sorted(ZOO.names()))}")
     try:
         return ZOO[name].run(healthy)
     except Exception as exc:  # noqa: BLE001
@@ -68,6 +66,3 @@ def evaluate_case(name: str) -> ZooOutcome:
     healthy = run_case(name, healthy=True)
     return ZooOutcome(ZOO[name], broken, healthy, time.perf_counter() - start)
 
-
-for _module in ("detection", "segmentation", "evaluation"):
-    importlib.import_module(f"visiondoctor.doctor.zoo.{_module}")

@@ -12,6 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.faster_rcnn import FasterRCNN
+from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.ops import MultiScaleRoIAlign
 
 COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.2, 1.0]])
 
@@ -96,9 +100,6 @@ class TinyBackbone(nn.Module):
 
 def tiny_ssd(num_classes: int = 3, size: int = 64, backbone: nn.Module | None = None) -> nn.Module:
     """torchvision's SSD on TinyBackbone (strides 8 and 16): IoU matching, hard-negative mining, BoxCoder."""
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD, SSDHead
-
     backbone = backbone or TinyBackbone()
     anchors = DefaultBoxGenerator([[2], [2]], scales=[0.25, 0.4, 0.6])  # 16-30 px boxes for 12-28 px squares at 64 px
     head = SSDHead([backbone.out_channels] * 2, anchors.num_anchors_per_location(), num_classes)
@@ -109,10 +110,6 @@ def tiny_ssd(num_classes: int = 3, size: int = 64, backbone: nn.Module | None = 
 def tiny_faster_rcnn(num_classes: int = 3, size: int = 128, stride_stages: int = 3, anchor_sizes: tuple[int, ...] = (16, 32, 64),
                      box_roi_pool: nn.Module | None = None) -> nn.Module:
     """torchvision's Faster R-CNN on one TinyBackbone map of stride 2**stride_stages, anchors of `anchor_sizes`."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FasterRCNN
-    from torchvision.ops import MultiScaleRoIAlign
-
     backbone = TinyBackbone(stages=stride_stages, outputs=(stride_stages,))
     anchors = AnchorGenerator(sizes=(anchor_sizes,), aspect_ratios=((0.5, 1.0, 2.0),))
     pool = box_roi_pool or MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2)

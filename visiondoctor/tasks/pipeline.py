@@ -1,0 +1,263 @@
+"""One run pipeline for every task: data -> model -> Trainer (+ the doctor) -> evaluation -> report.
+
+A task (detection, segmentation, a feature's task such as text queries) is described once by a
+`Task` subclass: how it loads its data, builds its datasets and collation, its loss when the model
+returns none, how it evaluates, its primary metric, and what it adds after an evaluation. Then
+`train(task, cfg)`, `evaluate_run(run, split)` and `load_run_model(run)` serve all of them,
+distributed runs (torchrun: rank 0 alone writes the run directory) and callbacks included.
+
+The task of a config comes from the model registry (`ModelEntry.task`), never from a model name:
+`task_for(cfg)`. Tasks register with `@register_task`; those of the tasks/ package are found by
+the registry, a feature package registers its own when it is imported.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from visiondoctor.config import Config, ModelConfig, load_config, save_config
+from visiondoctor.data.samples import CategoryMap
+from visiondoctor.data.synth import ensure_synthetic
+from visiondoctor.engine import distributed as dist_utils
+from visiondoctor.engine.callbacks import Callback
+from visiondoctor.engine.checkpoint import load_latest
+from visiondoctor.engine.trainer import LossFn, Trainer, TrainResult, default_loss_fn, resolve_device
+from visiondoctor.findings import Finding
+from visiondoctor.models.registry import available_models, get_entry
+from visiondoctor.registry import Registry
+from visiondoctor.report.html import build_report as build_report_html
+from visiondoctor.rundir import RunDir
+from visiondoctor.tasks.diagnosis import RunDiagnosis
+
+log = logging.getLogger(__name__)
+
+
+class TaskData(Protocol):
+    """What a task's data offers the pipeline (DetectionData, SegmentationData)."""
+
+    root: Path
+
+    def split(self, name: str) -> Any: ...
+    def categories(self) -> dict[str, Any]: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Datasets:
+    """The torch datasets of one run: augmented training, validation (None: no validation losses) and
+    the un-augmented training samples the doctor probes, with the collate function they share."""
+
+    train: Dataset
+    val: Dataset | None
+    probe: Dataset
+    collate: Callable[[list], tuple[Any, Any]]
+
+
+class Task:
+    """How one task trains, evaluates and reports. Subclasses set the class attributes and override
+    the methods that differ; `options` are the task's own run options (e.g. a segmentation loss file)."""
+
+    name: ClassVar[str]
+    contract: ClassVar[str] = "detection"  # the model contract (visiondoctor.models.contract)
+    primary_metric: ClassVar[str] = "map"
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.option_names())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}")
+        self.options = options
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ()
+
+    def prepare_config(self, cfg: Config) -> Config:
+        """The config as this task trains it (defaults it fills in are saved in config.yaml)."""
+        return cfg
+
+    def load_data(self, cfg: Config, categories: dict[str, Any] | None = None) -> TaskData:
+        """The splits; `categories` (a finished run's categories.json) fixes the label space to the run's."""
+        raise NotImplementedError
+
+    def num_classes(self, categories: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def build_model(self, cfg: Config, categories: dict[str, Any], run: RunDir | None) -> nn.Module:
+        raise NotImplementedError
+
+    def datasets(self, cfg: Config, data: TaskData) -> Datasets:
+        raise NotImplementedError
+
+    def loss_fn(self, cfg: Config) -> LossFn:
+        """The loss the Trainer calls: the model's own losses unless a task says otherwise."""
+        return default_loss_fn
+
+    def data_findings(self, data: TaskData, categories: dict[str, Any]) -> list[Finding]:
+        """The doctor's data-stage findings on the whole training split."""
+        return []
+
+    def evaluate(self, model: nn.Module, data: TaskData, split: str, cfg: Config, device: torch.device,
+                 run: RunDir | None = None) -> dict[str, Any]:
+        """Metrics on `split` (its whole split unless eval.max_images); with `run`, writes the
+        evaluation files the report and the doctor read."""
+        raise NotImplementedError
+
+    def after_evaluation(self, run: RunDir, model: nn.Module, data: TaskData, cfg: Config, device: torch.device,
+                         split: str) -> None:
+        """What a task adds once a run's evaluation is written (an analysis file of its own)."""
+
+
+TASKS: Registry[type[Task]] = Registry("task", "visiondoctor.tasks")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS.add(cls.name, cls)
+    return cls
+
+
+def task_name(cfg: Config) -> str:
+    """The task that trains cfg's model: the model registry says; `task: segmentation` with the default
+    (detection) model means the segmentation task with its own default model."""
+    entry = get_entry(cfg.model.name)
+    if cfg.task == "segmentation" and entry.task != "segmentation":
+        if cfg.model.name == ModelConfig().name:
+            return "segmentation"
+        raise ValueError(f"model {cfg.model.name!r} is a {entry.task} model; segmentation models: "
+                         f"{', '.join(available_models('segmentation'))}")
+    return entry.task
+
+
+def task_for(cfg: Config, **options: Any) -> Task:
+    name = task_name(cfg)
+    if name not in TASKS:
+        raise ValueError(f"no task {name!r} is registered (model {cfg.model.name!r}); import the feature package "
+                         f"that defines it (e.g. visiondoctor.{name})")
+    return TASKS.get(name)(**options)
+
+
+# ----- training ---------------------------------------------------------------------------------------
+
+def prepare_data_files(cfg: Config) -> None:
+    """Generate the config's synthetic dataset once (rank 0 under torchrun, the others wait)."""
+    if cfg.data.synth and not cfg.data.path and dist_utils.is_main():
+        ensure_synthetic(cfg)
+    dist_utils.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def fit_model(model: nn.Module, datasets: Datasets, cfg: Config, run_dir: Path | None, *, loss_fn: LossFn,
+              callbacks: Sequence[Callback] = (), evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+              primary_metric: str = "map", resume: bool = False, train_config: Any = None) -> tuple[Trainer, TrainResult]:
+    """The Trainer on a task's datasets (also for one phase of a class-incremental run)."""
+    trainer = Trainer(model, datasets.train, train_config or cfg.train, collate_fn=datasets.collate, loss_fn=loss_fn,
+                      evaluate_fn=evaluate_fn, val_set=datasets.val, primary_metric=primary_metric,
+                      callbacks=callbacks, run_dir=run_dir, workers=cfg.data.workers)
+    if resume and not trainer.resume():
+        log.warning("--resume: no usable checkpoint in %s; starting from scratch", Path(run_dir or ".") / "checkpoints")
+    return trainer, trainer.fit()
+
+
+def write_train_result(run: RunDir, result: TrainResult, trainer: Trainer) -> None:
+    run.write_json("train_result.json", {"steps": result.steps, "epochs": result.epochs_completed,
+                                         "elapsed_s": round(result.elapsed_s, 1), "stopped_by": result.stopped_by,
+                                         "callback_errors": trainer.state.extra.get("callback_errors", [])})
+
+
+def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Callback] = ()) -> RunDir:
+    """Train, evaluate on the validation split, diagnose, and write the report (rank 0 writes the run)."""
+    dist_utils.init()
+    cfg = task.prepare_config(cfg)
+    seed_everything(cfg.train.seed)
+    main = dist_utils.is_main()
+    run = RunDir.create(cfg.run_path) if main else RunDir(cfg.run_path)
+    prepare_data_files(cfg)
+    data = task.load_data(cfg)
+    categories = data.categories()
+    if main:
+        save_config(cfg, run.config)
+        run.write_json("categories.json", categories)
+        run.write_json("data_summary.json", data.summary())
+    model = task.build_model(cfg, categories, run)
+    device = resolve_device(cfg.train.device)
+    sets = task.datasets(cfg, data)
+    doctor = RunDiagnosis(model, cfg, task.num_classes(categories), bool(categories.get("background")))
+    doctor.before_training(model, sets.probe, sets.collate, task.data_findings(data, categories))
+    trainer, result = fit_model(
+        model, sets, cfg, run.path, loss_fn=task.loss_fn(cfg),
+        callbacks=[*([doctor.monitor] if doctor.monitor else []), *callbacks],
+        evaluate_fn=lambda m: task.evaluate(m, data, "val", cfg, device), primary_metric=task.primary_metric,
+        resume=resume)
+    if main:
+        final = best_weights(run, trainer.eval_model, device)
+        task.evaluate(final, data, "val", cfg, device, run)
+        doctor.after_evaluation(run, task.primary_metric)
+        task.after_evaluation(run, final, data, cfg, device, "val")
+        write_train_result(run, result, trainer)
+        build_report(run)
+    dist_utils.barrier()
+    return run
+
+
+# ----- a finished run ---------------------------------------------------------------------------------
+
+def best_weights(run: RunDir, model: nn.Module, device: torch.device) -> nn.Module:
+    """The best checkpoint by the primary validation metric when one was saved; else the final weights."""
+    found = load_latest(run.checkpoints / "best", map_location=device)
+    if found is not None:
+        model.load_state_dict(found[1]["model"])
+    return model
+
+
+def run_task(run: RunDir) -> tuple[Task, Config, dict[str, Any]]:
+    """A finished run's task, resolved config and categories.json."""
+    cfg = load_config(run.config)
+    return task_for(cfg), cfg, run.read_json("categories.json")
+
+
+def load_run_model(run: RunDir, device: torch.device) -> tuple[nn.Module, Config, Any]:
+    """The run's best (else newest) weights in the model its config describes, in eval mode; with its
+    config and its label space (categories.json as a CategoryMap)."""
+    task, cfg, categories = run_task(run)
+    no_weights = replace(cfg, model=replace(cfg.model, pretrained=False, pretrained_backbone=False))
+    model = task.build_model(no_weights, categories, run)
+    found = load_latest(run.checkpoints / "best", map_location=device) or load_latest(run.checkpoints, device)
+    if found is None:
+        raise FileNotFoundError(f"{run.checkpoints}: no usable checkpoint")
+    model.load_state_dict(found[1]["model"])
+    return model.to(device).eval(), cfg, CategoryMap.from_dict(categories)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -> dict[str, Any]:
+    """Re-evaluate a finished run on a split (the whole split unless max_images), redo the run-file
+    checks of its diagnosis for that split, and rebuild its report."""
+    run = RunDir.open(run_dir)
+    device = resolve_device("auto")
+    task, _, categories = run_task(run)
+    model, cfg, _ = load_run_model(run, device)
+    cfg = replace(cfg, eval=replace(cfg.eval, max_images=max_images, split=split))
+    data = task.load_data(cfg, categories)
+    metrics = task.evaluate(model, data, split, cfg, device, run)
+    doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)),
+                          task.num_classes(categories), bool(categories.get("background")))
+    doctor.keep_training_findings(run)
+    doctor.after_evaluation(run, task.primary_metric)
+    task.after_evaluation(run, model, data, cfg, device, split)
+    build_report(run)
+    return metrics
+
+
+def build_report(run: RunDir) -> Path:
+    return build_report_html(run.path)
+
