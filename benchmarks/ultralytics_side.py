@@ -8,6 +8,12 @@ visiondoctor and nothing in visiondoctor imports this):
     /work/ulvenv/bin/python benchmarks/ultralytics_side.py --data YOLO/data.yaml --imgsz 320 \\
         --minutes 9 --threads 2 --out OUT --coco-gt val=YOLO/gt_val.coco.json --coco-gt test=YOLO/gt_test.coco.json
 
+The environment it was written and smoke-tested with (the versions land in result.json):
+
+    python3 -m venv /work/ulvenv
+    /work/ulvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    /work/ulvenv/bin/pip install ultralytics==8.4.190 onnx==1.23.2 onnxruntime==1.32.0 onnxslim==0.1.98
+
 `--data` is a folder written by visiondoctor's `write_yolo`; its `gt_<split>.coco.json` files
 are the ground truth both sides are scored against (by visiondoctor's evaluation, not here).
 
@@ -33,15 +39,19 @@ Decisions (see the report of issue 16 for the Ultralytics defaults they rest on)
 - Validation: off during training by default (`val=False`): the benchmark scores both sides on
   the same held-out splits afterwards, so Ultralytics' per-epoch validation would only spend
   budget time (it runs inside its `time=` budget) on best.pt selection. Ultralytics still
-  validates once after the last epoch (it always does) and again on best.pt (`final_eval`),
-  both after the budget. `--val` restores the per-epoch default; then best.pt is the
+  validates after the last epoch (it always does) and again on best.pt (`final_eval`), both
+  after the budget (`validation_runs_seconds` lists every validation). `--val` restores the per-epoch default; then best.pt is the
   epoch with the best fitness (0.1 mAP50 + 0.9 mAP50-95 on `val`), as a user would get it.
   Either way the weights predicted are Ultralytics' `best.pt` (the last epoch when val=False).
-- Budget: `--minutes M` passes `time=M/60`. Ultralytics then checks the clock after every
-  optimizer step, re-estimates the epoch count after every epoch (from the mean epoch time,
-  validation included) and rebuilds its linear lr schedule and warmup for that count, so the
-  lr reaches its final value near the end of the budget; close_mosaic acts on the estimate.
-  `epochs` keeps its default (100) in that mode: optimizer=auto decides from it.
+- Budget: `--minutes M` passes `time=M/60`. Ultralytics' clock starts at its first epoch
+  (setup excluded) and includes checkpoint saving and, with --val, validation. It is read
+  after every optimizer step (every `accumulate` batches, up to 4), so training overshoots by
+  up to that; the last epoch's validation and final_eval come after. The first epoch is
+  planned for `epochs` (default 100, which is also what optimizer=auto decides from); after
+  each epoch the count is re-estimated as ceil(budget / mean epoch time) and the linear lr
+  schedule (lr0 -> lr0*lrf, stepped per epoch) and warmup (min(3, epochs-1) epochs) are
+  rebuilt for it. close_mosaic follows the estimate: with fewer than ~11 epochs in the
+  budget, mosaic is on in the first epoch only.
 - Training speed: images/s = images passed to the model / seconds inside the training loops
   (from each epoch's start to its last batch: data loading, forward, backward, optimizer, EMA;
   not validation, checkpoint saving or setup).
@@ -112,7 +122,7 @@ VERSION_PACKAGES = ("ultralytics", "torch", "torchvision", "numpy", "onnx", "onn
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="data.yaml of a YOLO folder (visiondoctor's write_yolo)")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="a model yaml (from scratch), e.g. yolo26n.yaml, yolo11n.yaml")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a model yaml (built from scratch), e.g. yolo11n.yaml")
     ap.add_argument("--imgsz", type=int, default=320)
     budget = ap.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=int, help="train this many epochs")
@@ -274,6 +284,8 @@ def image_paths(gt: dict[str, Any], image_dir: Path, gt_path: Path) -> dict[Path
         if not path.is_file():
             raise SystemExit(f"{gt_path}: image id {image['id']} {image['file_name']!r} not found in {image_dir}")
         paths[path.resolve()] = int(image["id"])
+    if not paths:
+        raise SystemExit(f"{gt_path}: no images")
     return paths
 
 
@@ -282,7 +294,8 @@ def predict_split(model: YOLO, data: dict[str, Any], split: str, gt_path: Path, 
     """Predict every ground-truth image of `split`; write COCO results; per-image predictor times."""
     gt = json.loads(gt_path.read_text(encoding="utf-8"))
     if split not in data:
-        raise SystemExit(f"{data['yaml_file']}: no split {split!r} (has {[k for k in ('train', 'val', 'test') if k in data]})")
+        has = [k for k in ("train", "val", "test") if k in data]
+        raise SystemExit(f"{data['yaml_file']}: no split {split!r} (has {has})")
     categories = category_of_class(data["names"], gt, gt_path)
     paths = image_paths(gt, Path(data[split]), gt_path)
     results, speeds = [], []
@@ -296,7 +309,8 @@ def predict_split(model: YOLO, data: dict[str, Any], split: str, gt_path: Path, 
     file = out / f"predictions_{split}.json"
     file.write_text(json.dumps(results), encoding="utf-8")
     mean = {k: round(statistics.fmean(s[k] for s in speeds), 3) for k in speeds[0]} if speeds else {}
-    return {"file": str(file), "images": len(paths), "detections": len(results), "predictor_ms_per_image": mean}
+    return {"file": str(file), "images": len(paths), "detections": len(results), "predictor_ms_per_image": mean,
+            "first_image": str(next(iter(paths)))}
 
 
 # ----- latency --------------------------------------------------------------------------------
@@ -369,7 +383,8 @@ def _parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
     matched = 0
     if len(reference) and len(candidate):
         iou = box_iou(reference[:, :4], candidate[:, :4])
-        same = (reference[:, 5:6] == candidate[:, 5][None]) & ((reference[:, 4:5] - candidate[:, 4][None]).abs() <= 1e-4)
+        same_class = reference[:, 5:6] == candidate[:, 5][None]
+        same = same_class & ((reference[:, 4:5] - candidate[:, 4][None]).abs() <= 1e-4)
         matched = int(((iou >= 0.99) & same).any(dim=1).sum())
     return {"matched": matched, "reference_detections": len(reference), "candidate_detections": len(candidate)}
 
@@ -406,9 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     model = YOLO(str(weights))
     predictions = {s: predict_split(model, data, s, args.coco_gt[s], args.imgsz, out) for s in args.predict_split}
     latency: dict[str, Any] = {}
-    if args.predict_split:
-        first_image = next(iter(image_paths(json.loads(args.coco_gt[args.predict_split[0]].read_text()),
-                                            Path(data[args.predict_split[0]]), args.coco_gt[args.predict_split[0]])))
+    if predictions:  # timed on the first image of the first split predicted
+        first_image = Path(next(iter(predictions.values()))["first_image"])
         latency = time_latency(model, weights, first_image, args.imgsz, args.threads, args.repeats)
     result = {"tool": "ultralytics", "model": args.model, "data": str(Path(args.data).absolute()),
               "imgsz": args.imgsz, "seed": args.seed, "threads": args.threads, "training": training,
@@ -426,7 +440,8 @@ def print_summary(result: dict[str, Any], out: Path) -> None:
     print(f"\n{result['model']} (ultralytics {result['versions']['ultralytics']}), {result['params']:,} params "
           f"({result['params_inference']:,} fused for inference)")
     print(f"trained {t['epochs_completed']} epochs in {t['train_seconds']} s of training loops "
-          f"({t['images_per_s']} images/s, {t['torch_threads_in_training']} threads; validations {t['validation_runs_seconds']} s; "
+          f"({t['images_per_s']} images/s, {t['torch_threads_in_training']} threads; "
+          f"validations {t['validation_runs_seconds']} s; "
           f"train() call {t['train_call_seconds']} s; optimizer {t['optimizer']} lr0 {t['lr0']})")
     for split, p in result["predictions"].items():
         print(f"{split}: {p['detections']} detections on {p['images']} images -> {p['file']}")

@@ -280,7 +280,8 @@ def write_yolo(
     used: set[str] = set()
     counts = {"boxes": 0, "crowd_skipped": 0, "linked": 0, "copied": 0, "renamed": 0}
     # Every name and label line first, so bad input raises before anything is written.
-    plan = [(r, _free_name(r, used, counts), _label_lines_of(r, class_map, index.source, counts)) for r in index.records]
+    plan = [(r, _free_name(r, used, counts), _label_lines_of(r, class_map, index.source, counts))
+            for r in index.records]
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
     written: list[DetectionRecord] = []
