@@ -19,16 +19,21 @@ Decisions:
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
+import os
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
 
 import yaml
 
 from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
+from visiondoctor.data.formats.coco import write_coco
 from visiondoctor.data.formats.splits import pick_split, subdirs
 from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size
-from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
+from visiondoctor.data.samples import Category, CategoryMap, DataError, DetectionIndex, DetectionRecord
 
 NAME_FILES = ("data.yaml", "data.yml", "classes.txt")
 MAX_CLASS = 100_000  # far beyond any real label set; a bigger "class" is junk, not a class
@@ -219,6 +224,139 @@ def _number(token: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# ----- writing -------------------------------------------------------------------------------
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class YoloWrite:
+    """What `write_yolo` wrote for one split."""
+
+    root: Path
+    split: str
+    data_yaml: Path
+    images_dir: Path
+    labels_dir: Path
+    coco_gt: Path  # the split's ground truth as COCO JSON, file names relative to images_dir
+    names: tuple[str, ...]  # YOLO class index -> name
+    images: int
+    boxes: int  # label lines written
+    crowd_skipped: int  # crowd boxes: no YOLO equivalent, left out of the labels (kept in coco_gt)
+    linked: int  # images hard-linked to their source
+    copied: int  # images copied (hard link impossible, e.g. another file system)
+    renamed: int  # images written under another name because theirs was taken
+
+
+def write_yolo(
+    index: DetectionIndex, root: str | Path, split: str, categories: Sequence[Category] | None = None
+) -> YoloWrite:
+    """Write one split of `index` as an Ultralytics-layout YOLO dataset under `root`.
+
+    Writes `images/<split>/` (hard links to the source images, copies where a link is
+    impossible; the source is never modified), `labels/<split>/<stem>.txt` (`class cx cy w h`,
+    fractions of the image size), `data.yaml` (`path`, the splits written so far, `names`), and
+    `gt_<split>.coco.json`: the split's ground truth in COCO form with the index's image and
+    category ids and file names relative to `images/<split>/`, so predictions made on the
+    written images map back to the same ids.
+
+    - Class order: `categories` (give the *training* split's, so every split agrees; default
+      the index's own), sorted by dataset id -> YOLO indices 0..K-1. Categories without boxes
+      keep their index, so indices do not shift between splits or datasets.
+    - Images are written flat under their own file name; when that stem is taken (two source
+      folders with an `img.jpg`, or `a.jpg` and `a.png`, which would share a label file) the
+      image is written as `<stem>_<image id><suffix>` and counted as renamed.
+    - Crowd boxes have no YOLO form: they are skipped in the labels and counted.
+    - A split folder that already holds files is refused rather than mixed or overwritten.
+    """
+    root = Path(root).absolute()
+    if not _SPLIT_NAME.fullmatch(split):
+        raise DataError(f"{split!r}: a split name must be a plain folder name (letters, digits, _ . -)")
+    classes = sorted(categories if categories is not None else index.categories, key=lambda c: c.id)
+    class_map = CategoryMap.from_categories(classes, background=False)
+    images_dir, labels_dir = root / "images" / split, root / "labels" / split
+    for folder in (images_dir, labels_dir):
+        if folder.is_dir() and any(folder.iterdir()):
+            raise DataError(f"{folder}: already holds files; write split {split!r} into a new folder")
+    data_yaml = _merged_data_yaml(root, split, class_map.names)
+
+    used: set[str] = set()
+    counts = {"boxes": 0, "crowd_skipped": 0, "linked": 0, "copied": 0, "renamed": 0}
+    # Every name and label line first, so bad input raises before anything is written.
+    plan = [(r, _free_name(r, used, counts), _label_lines_of(r, class_map, index.source, counts))
+            for r in index.records]
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    written: list[DetectionRecord] = []
+    for record, name, lines in plan:
+        counts["linked" if _link_or_copy(record.path, images_dir / name) else "copied"] += 1
+        (labels_dir / f"{PurePosixPath(name).stem}.txt").write_text("".join(f"{line}\n" for line in lines),
+                                                                   encoding="utf-8")
+        written.append(replace(record, file_name=name, path=images_dir / name))
+    gt_index = replace(index, root=images_dir, records=written, categories=classes)
+    coco_gt = write_coco(gt_index, root / f"gt_{split}.coco.json")
+    data_yaml_path = root / "data.yaml"
+    data_yaml_path.write_text(yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return YoloWrite(root, split, data_yaml_path, images_dir, labels_dir, coco_gt, class_map.names,
+                     len(written), **counts)
+
+
+def _merged_data_yaml(root: Path, split: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """data.yaml's content with `split` added to the splits already there; refuses a data.yaml
+    written for other classes (its splits' labels would use other indices)."""
+    path = root / "data.yaml"
+    data: dict[str, Any] = {"path": str(root)}
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        existing = _yaml_names(path, text)
+        if existing != dict(enumerate(names)):
+            raise DataError(f"{path}: written for classes {list(existing.values())}, not {list(names)}; "
+                            "write every split with the training split's categories")
+        data.update({k: v for k, v in yaml.safe_load(text).items() if k not in ("path", "names")})
+    data[split] = f"images/{split}"
+    data["names"] = dict(enumerate(names))
+    return data
+
+
+def _free_name(record: DetectionRecord, used: set[str], counts: dict[str, int]) -> str:
+    """The image's own file name, or `<stem>_<image id>[_k]<suffix>` when its stem is taken
+    (compared without case: a label file is per stem, and some file systems ignore case)."""
+    own = PurePosixPath(record.file_name.replace("\\", "/"))
+    candidate, k = own, 0
+    while candidate.stem.lower() in used:
+        k += 1
+        candidate = own.with_name(f"{own.stem}_{record.image_id}{'' if k == 1 else f'_{k}'}{own.suffix}")
+    counts["renamed"] += candidate != own
+    used.add(candidate.stem.lower())
+    return candidate.name
+
+
+def _label_lines_of(record: DetectionRecord, class_map: CategoryMap, source: Path, counts: dict[str, int]) -> list[str]:
+    """`class cx cy w h` lines (fractions, 8 decimals: far below a pixel) of the record's non-crowd boxes."""
+    lines = []
+    for k, ((x1, y1, x2, y2), cid) in enumerate(zip(record.boxes, record.category_ids)):
+        if k < len(record.iscrowd) and record.iscrowd[k]:
+            counts["crowd_skipped"] += 1
+            continue
+        if cid not in class_map.dataset_ids:
+            raise DataError(f"{source}: image {record.file_name!r} (id {record.image_id}): category {cid} is not "
+                            f"among the classes {dict(zip(class_map.dataset_ids, class_map.names))}")
+        w, h = record.width, record.height
+        values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
+        lines.append(f"{class_map.to_label(cid)} " + " ".join(f"{v:.8f}" for v in values))
+    counts["boxes"] += len(lines)
+    return lines
+
+
+def _link_or_copy(source: Path, target: Path) -> bool:
+    """Hard-link `source` to `target` (True), or copy it where linking is impossible (False)."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        shutil.copy2(source, target)
+        return False
+
+
 YOLO_MARKERS = ("data.yaml", "data.yml", "classes.txt", "labels")
 
 
@@ -235,4 +373,4 @@ def _read(path: Path, split: str | None) -> DetectionIndex:
 
 register_format(DatasetFormat(
     name="yolo", task="detection", priority=30, detect=is_yolo, read=_read, list_splits=yolo_splits,
-    looks_for="a YOLO data.yaml, classes.txt or labels/ folder"))
+    looks_for="a YOLO data.yaml, classes.txt or labels/ folder", write=write_yolo))
