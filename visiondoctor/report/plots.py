@@ -470,7 +470,8 @@ def confusion_matrix(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[
             for c in range(n_c):
                 if m[r, c] == 0 or (r, c) in blank:
                     continue
-                text = f"{int(m[r, c])}" if cell_text == "count" else f"{100 * share[r, c]:.0f}"
+                pct = 100 * share[r, c]
+                text = f"{int(m[r, c])}" if cell_text == "count" else (f"{pct:.0f}" if pct >= 0.5 else "<1")
                 ax.text(c, r, text, ha="center", va="center", fontsize=7,
                         color="white" if share[r, c] > 0.55 else "black")
     ax.set_xticks(range(n_c), [plain(n, 18) for n in columns], rotation=45, ha="right", fontsize=8)
