@@ -358,3 +358,12 @@ def test_segmentation_report_confusion_matrix_and_worst_first_gallery(tmp_path: 
     assert "Detection confusion matrix" not in html  # neither shown nor listed as missing
     for name in ("segmentation_confusion", "segmentation_worst"):
         assert (tmp_path / "seg_run" / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_confusion_classes_keeps_used_classes_and_background() -> None:
+    from visiondoctor.report.plots import confusion_classes
+
+    m = np.array([[5, 0, 0, 1], [0, 0, 0, 0], [0, 0, 2, 0], [3, 0, 1, 0]])  # class 1 never seen
+    assert confusion_classes(m, 10, background=True) == [0, 2, 3]
+    assert confusion_classes(m, 1, background=True) == [0, 3]  # the busiest class, then background
+    assert confusion_classes(m[:3, :3], 10) == [0, 2]

@@ -149,25 +149,25 @@ def detection_confusion_section(run: RunDir) -> Section | None:
     if m.ndim != 2 or m.shape[0] != m.shape[1] or len(names) != len(m):
         raise ValueError(f"detection_confusion.json: matrix of shape {m.shape} for {len(names)} class names")
     keep = plots.confusion_classes(m, MAX_CONFUSION_CLASSES, background=True)
-    m, names = m[np.ix_(keep, keep)], [names[k] for k in keep]
     threshold, iou = finite(data.get("score_threshold")), finite(data.get("iou_threshold"))
     at = f"\nscore ≥ {threshold:g}, IoU ≥ {iou if iou is not None else 0.5:g}" if threshold is not None else ""
-    bg = len(m) - 1
+    shown = [names[k] for k in keep]
     blocks: list[Any] = [Figure("detection_confusion", plots.confusion_matrix(
-        m, names, names, f"Detection confusion matrix{at}",
-        blank=[(bg, bg)]), caption=(
+        m[np.ix_(keep, keep)], shown, shown, f"Detection confusion matrix{at}",
+        blank=[(len(keep) - 1, len(keep) - 1)]), caption=(
         "Rows: ground-truth class; columns: predicted class; colour = share of the row, number = boxes. "
         "The background row counts predictions that match no ground-truth box (nothing there, a duplicate, or a "
         "box too far off); the background column counts ground-truth boxes that no prediction found. A wrong-class "
         "prediction lands off the diagonal in the row of the box it sits on (IoU ≥ 0.5)."))]
+    bg = len(m) - 1
     total_gt, found = m[:bg].sum(), np.trace(m[:bg, :bg])
     if total_gt:
         blocks.append(Paragraph(
             f"{found} of {total_gt} ground-truth boxes found with the right class, {m[:bg, :bg].sum() - found} with a "
             f"wrong class, {m[:bg, bg].sum()} not found; {m[bg, :bg].sum()} predictions on no ground-truth box."))
-    if len(keep) < len(data["matrix"]):
-        blocks.append(Paragraph(f"Only the {len(keep) - 1} classes with the most boxes are drawn, of "
-                                f"{len(data['matrix']) - 1}.", "note"))
+    if len(keep) < len(m):
+        blocks.append(Paragraph(f"{len(keep) - 1} of {bg} classes drawn: those with any box, at most "
+                                f"{MAX_CONFUSION_CLASSES} (the most boxes first).", "note"))
     return Section("Detection confusion matrix", blocks)
 
 

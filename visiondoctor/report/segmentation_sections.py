@@ -106,8 +106,8 @@ def segmentation_confusion_section(run: RunDir) -> Section | None:
         "pixels (the numbers are %). Off-diagonal cells show which class the model mistakes it for; ignored "
         "pixels are not counted."))]
     if len(keep) < len(m) - len(excluded):
-        blocks.append(Paragraph(f"Only the {len(keep)} classes with the most pixels are drawn, of "
-                                f"{len(m) - len(excluded)}.", "note"))
+        blocks.append(Paragraph(f"{len(keep)} of {len(m) - len(excluded)} classes drawn: those with any pixel, "
+                                f"at most {MAX_CONFUSION_CLASSES} (the most pixels first).", "note"))
     return Section("Segmentation confusion matrix", blocks)
 
 
