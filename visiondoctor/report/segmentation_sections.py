@@ -10,6 +10,7 @@ tasks/anomaly.py run_anomaly).
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -119,7 +120,7 @@ def _load_worst(run: RunDir) -> tuple[dict[str, Any], dict[str, np.ndarray]] | N
     try:
         with np.load(path, allow_pickle=False) as data:
             return summary, {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from None
 
 
