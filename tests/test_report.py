@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from quality_runs import make_detection_run, make_segmentation_run
 from visiondoctor.report import sections as section_registry
 from visiondoctor.report.compare import ComparisonError, build_comparison_report
 from visiondoctor.report.curves import Curve, judge
@@ -23,7 +24,7 @@ EVIL_FILE = "<img src=x onerror=alert(2)>.png"
 MATH_CLASS = "cost$_{x"  # unbalanced mathtext: matplotlib raises on it unless `$` is escaped
 CLASSES = {1: "circle", 2: EVIL_CLASS, 3: MATH_CLASS}
 SECTION_TITLES = ["Summary", "Diagnosis", "Data summary", "Training curves", "Metrics", "Per-class AP",
-                  "Precision-recall curves", "Detection statistics", "Predictions beside ground truth", "Error analysis"]
+                  "Detection confusion matrix", "Precision-recall curves", "Detection statistics", "Predictions beside ground truth", "Error analysis"]
 
 FINDINGS = [  # deliberately not in severity order: the report must put the error first
     {"id": "data.empty-category", "severity": "info", "title": "Category RBC-WBC has no annotations",
@@ -128,9 +129,9 @@ def test_report_has_every_section_with_embedded_images(full_report: tuple[Path, 
         assert re.search(rf'<a href="#[a-z0-9-]+">{re.escape(title)}</a>', html), f"{title} missing from contents"
     assert "Not in this report" not in html
     assert "could not be built" not in html
-    # loss curves, optimisation, validation metrics, class counts, box sizes, per-class AP, PR, score hist
-    # (twice: section and finding), detections per image, predictions, TIDE bars, score-IoU scatter
-    assert html.count('src="data:image/png;base64,') == 13
+    # loss curves, optimisation, validation metrics, class counts, box sizes, per-class AP, confusion matrix,
+    # PR, score hist (twice: section and finding), detections per image, predictions, TIDE bars, score-IoU scatter
+    assert html.count('src="data:image/png;base64,') == 14
 
 
 def test_report_is_offline(full_report: tuple[Path, str]) -> None:
@@ -304,3 +305,65 @@ def test_comparison_refuses_runs_on_different_data(tmp_path: Path) -> None:
     with pytest.raises(ComparisonError, match="at least two"):
         build_comparison_report([a], tmp_path / "cmp.html")
     assert not (tmp_path / "cmp.html").exists()
+
+
+# ------------------------------------------------------------------ confusion matrices and worst-first galleries
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}">')
+    return html[start:html.index("</section>", start)]
+
+
+def _first_column(table_html: str) -> list[str]:
+    return re.findall(r"<tr><td class=\"num\">\d+</td><td class=\"num\">\d+</td><td>([^<]*)</td>", table_html)
+
+
+def test_detection_report_confusion_matrix_and_worst_first_gallery(tmp_path: Path) -> None:
+    html = build_report(make_detection_run(tmp_path)).read_text(encoding="utf-8")
+    confusion = _section(html, "detection-confusion-matrix")
+    assert 'src="data:image/png;base64,' in confusion and "background row counts predictions" in confusion
+    assert ("2 of 8 ground-truth boxes found with the right class, 1 with a wrong class, 5 not found; "
+            "4 predictions on no ground-truth box.") in confusion
+    gallery = _section(html, "predictions-beside-ground-truth")
+    assert 'src="data:image/png;base64,' in gallery and "lowest F1 at score ≥ 0.5" in gallery
+    assert _first_column(gallery) == ["missed.png", "only_fp.png", "mixed.png", "perfect.png"]
+    assert "<th>wrong class</th>" in gallery and "<th>poor localisation</th>" in gallery and "<th>missed</th>" in gallery
+    assert "not found" not in gallery  # the images were drawn
+    assert "Segmentation confusion matrix" not in html and "Worst segmented images" not in html
+    assert (tmp_path / "det_run" / "plots" / "detection_confusion.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_detection_report_reads_the_files_and_computes_them_for_older_runs(tmp_path: Path) -> None:
+    with_files = build_report(make_detection_run(tmp_path / "a")).read_text(encoding="utf-8")
+    without = build_report(make_detection_run(tmp_path / "b", write_quality=False)).read_text(encoding="utf-8")
+    assert not (tmp_path / "b" / "det_run" / "detection_per_image.json").exists()
+    for anchor in ("detection-confusion-matrix", "predictions-beside-ground-truth"):
+        assert re.sub(r"base64,[^\"]*", "", _section(with_files, anchor)) == re.sub(r"base64,[^\"]*", "", _section(without, anchor))
+    run = tmp_path / "a" / "det_run"  # the file, when present, is what the report shows
+    confusion = json.loads((run / "detection_confusion.json").read_text())
+    confusion["matrix"][0][0] = 12
+    (run / "detection_confusion.json").write_text(json.dumps(confusion))
+    assert "12 of 18 ground-truth boxes found" in build_report(run).read_text(encoding="utf-8")
+
+
+def test_segmentation_report_confusion_matrix_and_worst_first_gallery(tmp_path: Path) -> None:
+    html = build_report(make_segmentation_run(tmp_path, k=3)).read_text(encoding="utf-8")
+    confusion = _section(html, "segmentation-confusion-matrix")
+    assert 'src="data:image/png;base64,' in confusion and "each row sums to 100%" in confusion
+    worst = _section(html, "worst-segmented-images")
+    assert 'src="data:image/png;base64,' in worst and "lowest per-image mIoU of 5 evaluated" in worst
+    rows = re.findall(r"<tr><td class=\"num\">(\d)</td><td>([^<]*)</td><td class=\"num\">\d</td><td>([\d.]+)</td>", worst)
+    assert [r[1] for r in rows] == ["img_4.png", "img_3.png", "img_2.png"]
+    assert [float(r[2]) for r in rows] == sorted(float(r[2]) for r in rows)
+    assert "Detection confusion matrix" not in html  # neither shown nor listed as missing
+    for name in ("segmentation_confusion", "segmentation_worst"):
+        assert (tmp_path / "seg_run" / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_confusion_classes_keeps_used_classes_and_background() -> None:
+    from visiondoctor.report.plots import confusion_classes
+
+    m = np.array([[5, 0, 0, 1], [0, 0, 0, 0], [0, 0, 2, 0], [3, 0, 1, 0]])  # class 1 never seen
+    assert confusion_classes(m, 10, background=True) == [0, 2, 3]
+    assert confusion_classes(m, 1, background=True) == [0, 3]  # the busiest class, then background
+    assert confusion_classes(m[:3, :3], 10) == [0, 2]

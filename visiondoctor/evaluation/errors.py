@@ -25,6 +25,9 @@ Method (IoU 0.5 foreground threshold t_f, 0.1 background threshold t_b, as in TI
    AP is COCO's 101-point interpolated AP; without any crowd box it equals faster-coco-eval's AP50
    (tested). When a fix leaves a class with no ground truth its AP counts as 0 (TIDE's convention).
 
+`classify_image` (steps 1 and 2 on one image) is shared with the per-image quality and the
+detection confusion matrix (confusion.py), so every view of a run's errors uses one definition.
+
 Hand-written because the reference implementation (tidecv) is unmaintained and pins old
 dependencies; the IoUs come from torchvision.ops.box_iou.
 """
@@ -35,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visiondoctor.evaluation.predictions import box_iou, category_names, group_by_image
+from visiondoctor.evaluation.predictions import ImageBoxes, box_iou, category_names, group_by_image
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
-_FP_TYPES = ERROR_TYPES[:-1]
+FP_TYPES = ERROR_TYPES[:-1]  # the types of a false positive
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -59,18 +62,88 @@ def average_precision(scores: np.ndarray, true_positive: np.ndarray, num_gt: int
 
 
 @dataclass
-class _Detection:
+class BoxError:
+    """One kept detection of an image, as the matching judged it."""
+
     category: int
     score: float
     tp: bool
-    error: str | None = None  # one of _FP_TYPES for a false positive
-    target: tuple[int, int] | None = None  # (image id, gt index) of the best-overlapping box for cls/loc
+    error: str | None = None  # one of FP_TYPES for a false positive
+    target: tuple[int, int] | None = None  # (image id, gt index): the box it found (tp) or points at (cls/loc)
     target_category: int | None = None
+    index: int = -1  # position in the predictions list
+
+
+@dataclass
+class ImageErrors:
+    """classify_image's verdict on one image. GT indices count the non-crowd boxes only."""
+
+    image_id: int
+    detections: list[BoxError]  # kept detections, descending score; crowd-explained ones left out
+    gt_boxes: np.ndarray  # (G, 4) xyxy, non-crowd
+    gt_classes: np.ndarray  # (G,)
+    matched: np.ndarray  # (G,) bool: found by a true positive
+    missed: np.ndarray  # (G,) bool: not found, and no classification/localisation error points at it
+    ignored_crowd: int = 0
+    beyond_max_dets: int = 0
+
+
+def classify_image(image_id: int, b: ImageBoxes, t_f: float = 0.5, t_b: float = 0.1, max_dets: int = 100) -> ImageErrors:
+    """Steps 1 and 2 of the module docstring on one image's boxes (detections in descending score)."""
+    real = ~b.gt_crowd
+    gt_boxes, gt_cls = b.gt_boxes[real], b.gt_classes[real]
+    per_class_seen: dict[int, int] = defaultdict(int)
+    keep = []
+    for d, c in enumerate(b.dt_classes):
+        per_class_seen[int(c)] += 1
+        if per_class_seen[int(c)] <= max_dets:
+            keep.append(d)
+    dt_boxes, dt_cls, dt_scores, dt_index = b.dt_boxes[keep], b.dt_classes[keep], b.dt_scores[keep], b.dt_index[keep]
+    iou = box_iou(dt_boxes, gt_boxes)
+    crowd_iou = box_iou(dt_boxes, b.gt_boxes[~real])
+    crowd_same = (b.gt_classes[~real][None, :] == dt_cls[:, None]) & (crowd_iou >= t_f)
+    used = np.zeros(len(gt_boxes), bool)
+    out = ImageErrors(image_id, [], gt_boxes, gt_cls, used, np.zeros(len(gt_boxes), bool),
+                      beyond_max_dets=len(b.dt_classes) - len(keep))
+    for d in range(len(dt_boxes)):
+        c, score, index = int(dt_cls[d]), float(dt_scores[d]), int(dt_index[d])
+        same = gt_cls == c
+        row = iou[d] if len(gt_boxes) else np.zeros(0)
+        free = np.where(same & ~used & (row >= t_f), row, -1.0)
+        if free.size and free.max() >= 0:
+            g = int(free.argmax())
+            used[g] = True
+            out.detections.append(BoxError(c, score, True, target=(image_id, g), target_category=c, index=index))
+            continue
+        if crowd_same[d].any():
+            out.ignored_crowd += 1
+            continue
+        iou_same = np.where(same, row, 0.0)
+        iou_other = np.where(~same, row, 0.0)
+        best_same = float(iou_same.max()) if row.size else 0.0
+        best_other = float(iou_other.max()) if row.size else 0.0
+        det = BoxError(c, score, False, index=index)
+        if best_same >= t_f:
+            det.error = "duplicate"
+        elif best_other >= t_f:
+            det.error, g = "classification", int(iou_other.argmax())
+            det.target, det.target_category = (image_id, g), int(gt_cls[g])
+        elif best_same >= t_b:
+            det.error, g = "localisation", int(iou_same.argmax())
+            det.target, det.target_category = (image_id, g), c
+        elif best_other >= t_b:
+            det.error = "both"
+        else:
+            det.error = "background"
+        out.detections.append(det)
+    covered = {d.target[1] for d in out.detections if d.error in ("classification", "localisation") and d.target}
+    out.missed[:] = [not used[g] and g not in covered for g in range(len(gt_boxes))]
+    return out
 
 
 @dataclass
 class _Split:
-    detections: list[_Detection] = field(default_factory=list)
+    detections: list[BoxError] = field(default_factory=list)
     num_gt: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     matched: set[tuple[int, int]] = field(default_factory=set)
     missed: dict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -80,61 +153,16 @@ class _Split:
 
 def _classify(gt: dict, predictions: list[dict], t_f: float, t_b: float, max_dets: int, min_score: float) -> _Split:
     split = _Split()
-    gt_category: dict[tuple[int, int], int] = {}
     for image_id, b in group_by_image(gt, predictions, min_score).items():
-        real = ~b.gt_crowd
-        gt_boxes, gt_cls = b.gt_boxes[real], b.gt_classes[real]
-        for g, c in enumerate(gt_cls):
+        image = classify_image(image_id, b, t_f, t_b, max_dets)
+        for c in image.gt_classes:
             split.num_gt[int(c)] += 1
-            gt_category[(image_id, g)] = int(c)
-        per_class_seen: dict[int, int] = defaultdict(int)
-        keep = []
-        for d, c in enumerate(b.dt_classes):
-            per_class_seen[int(c)] += 1
-            if per_class_seen[int(c)] <= max_dets:
-                keep.append(d)
-        split.beyond_max_dets += len(b.dt_classes) - len(keep)
-        dt_boxes, dt_cls, dt_scores = b.dt_boxes[keep], b.dt_classes[keep], b.dt_scores[keep]
-        iou = box_iou(dt_boxes, gt_boxes)
-        crowd_iou = box_iou(dt_boxes, b.gt_boxes[~real])
-        crowd_same = (b.gt_classes[~real][None, :] == dt_cls[:, None]) & (crowd_iou >= t_f)
-        used = np.zeros(len(gt_boxes), bool)
-        for d in range(len(dt_boxes)):
-            c, score = int(dt_cls[d]), float(dt_scores[d])
-            same = gt_cls == c
-            row = iou[d] if len(gt_boxes) else np.zeros(0)
-            free = np.where(same & ~used & (row >= t_f), row, -1.0)
-            if free.size and free.max() >= 0:
-                g = int(free.argmax())
-                used[g] = True
-                split.matched.add((image_id, g))
-                split.detections.append(_Detection(c, score, True))
-                continue
-            if crowd_same[d].any():
-                split.ignored_crowd += 1
-                continue
-            iou_same = np.where(same, row, 0.0)
-            iou_other = np.where(~same, row, 0.0)
-            best_same = float(iou_same.max()) if row.size else 0.0
-            best_other = float(iou_other.max()) if row.size else 0.0
-            det = _Detection(c, score, False)
-            if best_same >= t_f:
-                det.error = "duplicate"
-            elif best_other >= t_f:
-                det.error, g = "classification", int(iou_other.argmax())
-                det.target, det.target_category = (image_id, g), int(gt_cls[g])
-            elif best_same >= t_b:
-                det.error, g = "localisation", int(iou_same.argmax())
-                det.target, det.target_category = (image_id, g), c
-            elif best_other >= t_b:
-                det.error = "both"
-            else:
-                det.error = "background"
-            split.detections.append(det)
-    covered = {d.target for d in split.detections if d.error in ("classification", "localisation")}
-    for key, c in gt_category.items():
-        if key not in split.matched and key not in covered:
-            split.missed[c] += 1
+        for c in image.gt_classes[image.missed]:
+            split.missed[int(c)] += 1
+        split.matched.update((image_id, int(g)) for g in np.flatnonzero(image.matched))
+        split.detections += image.detections
+        split.ignored_crowd += image.ignored_crowd
+        split.beyond_max_dets += image.beyond_max_dets
     return split
 
 
@@ -192,7 +220,7 @@ def tide_errors(gt: dict, predictions: list[dict], iou_threshold: float = 0.5, b
     base = _class_aps(base_dets, split.num_gt, classes)
     base_map = float(np.mean([base[c] for c in classes])) if classes else None
 
-    counts = {t: sum(d.error == t for d in split.detections) for t in _FP_TYPES}
+    counts = {t: sum(d.error == t for d in split.detections) for t in FP_TYPES}
     counts["missed"] = sum(split.missed.values())
     dap, per_class_dap = {}, {names[c]: {} for c in classes}
     oracle = {}
@@ -210,7 +238,7 @@ def tide_errors(gt: dict, predictions: list[dict], iou_threshold: float = 0.5, b
     for c in sorted(set(classes) | {d.category for d in split.detections}):
         row = {"ap50": base.get(c), "num_gt": split.num_gt.get(c, 0),
                "true_positives": sum(d.tp and d.category == c for d in split.detections)}
-        row.update({t: sum(d.error == t and d.category == c for d in split.detections) for t in _FP_TYPES})
+        row.update({t: sum(d.error == t and d.category == c for d in split.detections) for t in FP_TYPES})
         row["missed"] = split.missed.get(c, 0)
         per_class[names[c]] = row
     return {

@@ -1,14 +1,16 @@
-"""Detection sections: data summary, metrics, per-class AP, PR curves, detection statistics.
-(Predictions beside ground truth: gallery.py; TIDE errors and score-IoU consistency: analysis_sections.py.)"""
+"""Detection sections: data summary, metrics, per-class AP, confusion matrix, PR curves, detection
+statistics. (Predictions beside ground truth: gallery.py; TIDE errors and score-IoU consistency:
+analysis_sections.py.)"""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from visiondoctor.report import plots
+from visiondoctor.report.detection_inputs import display_threshold, read_confusion
 from visiondoctor.report.formatting import count, flatten
-from visiondoctor.report.inputs import cfg, finite, read_config, read_json
+from visiondoctor.report.inputs import finite, read_json
 from visiondoctor.report.sections import Figure, Paragraph, Section, Table, register_section
 from visiondoctor.rundir import RunDir
 
@@ -134,6 +136,41 @@ def per_class_section(run: RunDir) -> Section | None:
     return Section("Per-class AP", blocks)
 
 
+MAX_CONFUSION_CLASSES = 40
+
+
+@register_section(47, title="Detection confusion matrix", needs=("detection_confusion.json",), optional=True)
+def detection_confusion_section(run: RunDir) -> Section | None:
+    data = read_confusion(run)
+    if not isinstance(data, dict) or not isinstance(data.get("matrix"), list) or not data["matrix"]:
+        return None  # not a detection run (no gt.json / predictions.json either)
+    m = np.asarray(data["matrix"], np.int64)
+    names = [str(n) for n in data.get("classes") or []]
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or len(names) != len(m):
+        raise ValueError(f"detection_confusion.json: matrix of shape {m.shape} for {len(names)} class names")
+    keep = plots.confusion_classes(m, MAX_CONFUSION_CLASSES, background=True)
+    threshold, iou = finite(data.get("score_threshold")), finite(data.get("iou_threshold"))
+    at = f"\nscore ≥ {threshold:g}, IoU ≥ {iou if iou is not None else 0.5:g}" if threshold is not None else ""
+    shown = [names[k] for k in keep]
+    blocks: list[Any] = [Figure("detection_confusion", plots.confusion_matrix(
+        m[np.ix_(keep, keep)], shown, shown, f"Detection confusion matrix{at}",
+        blank=[(len(keep) - 1, len(keep) - 1)]), caption=(
+        "Rows: ground-truth class; columns: predicted class; colour = share of the row, number = boxes. "
+        "The background row counts predictions that match no ground-truth box (nothing there, a duplicate, or a "
+        "box too far off); the background column counts ground-truth boxes that no prediction found. A wrong-class "
+        "prediction lands off the diagonal in the row of the box it sits on (IoU ≥ 0.5)."))]
+    bg = len(m) - 1
+    total_gt, found = m[:bg].sum(), np.trace(m[:bg, :bg])
+    if total_gt:
+        blocks.append(Paragraph(
+            f"{found} of {total_gt} ground-truth boxes found with the right class, {m[:bg, :bg].sum() - found} with a "
+            f"wrong class, {m[:bg, bg].sum()} not found; {m[bg, :bg].sum()} predictions on no ground-truth box."))
+    if len(keep) < len(m):
+        blocks.append(Paragraph(f"{len(keep) - 1} of {bg} classes drawn: those with any box, at most "
+                                f"{MAX_CONFUSION_CLASSES} (the most boxes first).", "note"))
+    return Section("Detection confusion matrix", blocks)
+
+
 @register_section(50, title="Precision-recall curves", needs=("pr_curves.json",))
 def pr_section(run: RunDir) -> Section | None:
     data = _metrics(run).get("pr_curves")
@@ -158,13 +195,6 @@ def pr_section(run: RunDir) -> Section | None:
 
 
 # ---------------------------------------------------------------- detection statistics
-
-def display_threshold(run: RunDir, stats: Mapping[str, Any]) -> float:
-    for value in (stats.get("display_threshold"), cfg(read_config(run), "eval.display_threshold")):
-        if finite(value) is not None:
-            return float(value)
-    return 0.5
-
 
 @register_section(60, title="Detection statistics", needs=("detection_stats.json",))
 def detection_stats_section(run: RunDir) -> Section | None:

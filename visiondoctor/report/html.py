@@ -64,11 +64,40 @@ consistency.json  score-IoU consistency. Any dict; scalars become a table, e.g.
                   {"spearman": rho, "n": count, "high_score_low_iou_share": x}; lists
                   {"score": [...], "iou": [...]} (top level or in one sub-dict) become a scatter plot,
                   with "mean_iou_by_score_bin": {"bins": edges, "mean_iou": [...]} drawn over it.
+detection_confusion.json
+                  evaluation/detection_quality.py detection_confusion(): {"classes": K names +
+                  "background", "category_ids": [K ids], "matrix": (K+1) x (K+1) counts (rows = ground
+                  truth, columns = prediction; last row = predictions matching no ground truth, last
+                  column = ground truth found by no prediction), "score_threshold", "iou_threshold",
+                  "num_images", "ignored_crowd", "beyond_max_dets"}. Absent: computed from gt.json +
+                  predictions.json at the display threshold.
+detection_per_image.json
+                  evaluation/detection_quality.py per_image_quality(): {"score_threshold",
+                  "iou_threshold", "background_threshold", "score", "types", "num_images",
+                  "images_with_boxes", "images": worst first (lowest F1 at score_threshold), each
+                  {"image_id", "file_name", "width", "height", "f1", "num_gt", "num_predictions",
+                  "max_score", "counts": {true_positive, classification, localisation, both, duplicate,
+                  background, missed: n}, "ignored_crowd", "beyond_max_dets"}; the first
+                  images_with_boxes also "predictions": [{"bbox" xywh, "category_id", "score", "type"}]
+                  and "ground_truth": [{"bbox", "category_id", "type": found | missed | classification |
+                  localisation | crowd}]}. Absent: computed like detection_confusion.json. Drives the
+                  worst-first gallery ("Predictions beside ground truth").
+segmentation metrics.json
+                  evaluation/segmentation.py's keys; "confusion_matrix" (K x K pixel counts, rows =
+                  ground truth) is drawn row-normalised with categories.json "names" (else the keys of
+                  "per_class"); "excluded_labels" are left out.
+segmentation_worst.json + segmentation_worst.npz
+                  evaluation/segmentation_worst.py write_worst_images(): JSON {"images": [{"rank",
+                  "index", "file_name", "miou", "height", "width", "has_image"}] lowest mIoU first,
+                  "class_names", "ignore_index", "excluded_labels", "images_evaluated", "k",
+                  "thumbnail_size"}; npz (np.load(allow_pickle=False)) pred_<rank>, gt_<rank> (int16
+                  label maps) and image_<rank> (uint8 RGB) thumbnails.
 (latency.json is read by the comparison report, compare.py.)
 
 Built-in sections live in common_sections.py (summary, diagnosis, training curves),
-detection_sections.py, gallery.py (predictions beside ground truth) and analysis_sections.py
-(error analysis); compare.py builds the multi-run report with the same page template.
+detection_sections.py (with the detection confusion matrix), gallery.py (predictions beside
+ground truth, worst images first), segmentation_sections.py (segmentation metrics, confusion
+matrix, worst images, anomaly segmentation) and analysis_sections.py (error analysis); compare.py builds the multi-run report with the same page template.
 """
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 
 DPI = 100
@@ -354,11 +355,14 @@ class Tile:
     height: float
     boxes: Sequence[tuple[float, float, float, float]]
     labels: Sequence[str]
-    colors: Sequence[int]  # colour index per box (by class)
+    colors: Sequence[int | str]  # per box: a colour index (by class) or a matplotlib colour (by error type)
+    styles: Sequence[str] = ()  # per box line style ("-" when absent), e.g. dashed for crowd boxes
 
 
-def tile_grid(pairs: Sequence[tuple[Tile, Tile]], title: str, pairs_per_row: int = 2) -> bytes:
-    """Image pairs side by side (ground truth left, predictions right), boxes with captions."""
+def tile_grid(pairs: Sequence[tuple[Tile, Tile]], title: str, pairs_per_row: int = 2,
+              legend: Mapping[str, str] | None = None) -> bytes:
+    """Image pairs side by side (ground truth left, predictions right), boxes with captions;
+    `legend` (label -> colour) is drawn under the grid."""
     n = len(pairs)
     rows = math.ceil(n / pairs_per_row)
     cols = 2 * min(pairs_per_row, n)
@@ -370,7 +374,20 @@ def tile_grid(pairs: Sequence[tuple[Tile, Tile]], title: str, pairs_per_row: int
         for ax, tile in ((axes[2 * i], left), (axes[2 * i + 1], right)):
             _draw_tile(ax, tile)
     fig.suptitle(title)
+    if legend:
+        _legend(fig, legend, edge_only=True)
     return to_png(fig, palette=True)
+
+
+def _legend(fig: Figure, entries: Mapping[str, Any], edge_only: bool = False) -> None:
+    """A figure legend under the axes: one patch per label (outlined boxes or filled colours)."""
+    handles = [Patch(facecolor="none" if edge_only else color, edgecolor=color, linewidth=2 if edge_only else 0.5,
+                     label=plain(label, 40)) for label, color in entries.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+
+
+def _color(c: int | str) -> str:
+    return c if isinstance(c, str) else f"C{c % 10}"
 
 
 def _draw_tile(ax: Any, tile: Tile) -> None:
@@ -382,9 +399,84 @@ def _draw_tile(ax: Any, tile: Tile) -> None:
     ax.set_xlim(0, tile.width)
     ax.set_ylim(tile.height, 0)
     ax.set_aspect("equal")
-    for (x1, y1, x2, y2), label, c in zip(tile.boxes, tile.labels, tile.colors):
-        color = f"C{c % 10}"
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.2))
+    styles = list(tile.styles) or ["-"] * len(tile.boxes)
+    for (x1, y1, x2, y2), label, c, style in zip(tile.boxes, tile.labels, tile.colors, styles):
+        color = _color(c)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.2, linestyle=style))
         ax.text(x1, y1, plain(label, 24), fontsize=6, color="white", va="bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.8}, clip_on=True)
     ax.set_title(plain(tile.title, 44), fontsize=8)
+
+
+def image_rows(rows: Sequence[Sequence[np.ndarray | None]], column_titles: Sequence[str], row_titles: Sequence[str],
+               title: str, legend: Mapping[str, Any] | None = None, panel: float = 2.1) -> bytes:
+    """A grid of RGB panels (H x W x 3 uint8), one row per example, titled per column and per row;
+    None draws an empty panel. `legend` (label -> colour) lists e.g. the class colours."""
+    cols = max((len(r) for r in rows), default=1)
+    fig = new_figure(panel * cols, panel * len(rows) + (0.6 if legend else 0.3))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            picture = row[c] if c < len(row) else None
+            if picture is not None:
+                ax.imshow(picture, interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "not stored", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            if r == 0 and c < len(column_titles):
+                ax.set_title(plain(column_titles[c], 30), fontsize=9)
+        if r < len(row_titles):
+            axes[r][0].set_ylabel(plain(row_titles[r], 30), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    if legend:
+        _legend(fig, legend)
+    return to_png(fig, palette=True)
+
+
+def confusion_classes(m: np.ndarray, limit: int, background: bool = False) -> list[int]:
+    """Indices of the classes of a square confusion matrix worth drawing: those with any count
+    (as ground truth or prediction), at most `limit` of them (the most counts, kept in their
+    order); with `background`, the last row/column is always kept too."""
+    m = np.asarray(m)
+    n = len(m) - 1 if background else len(m)
+    volume = m.sum(0) + m.sum(1)
+    used = [k for k in range(n) if volume[k] > 0] or list(range(n))
+    used = sorted(sorted(used, key=lambda k: -volume[k])[:limit])
+    return used + ([n] if background else [])
+
+
+def confusion_matrix(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str,
+                     cell_text: str = "count", xlabel: str = "predicted", ylabel: str = "ground truth",
+                     blank: Sequence[tuple[int, int]] = (), max_annotated: int = 30) -> bytes:
+    """A matrix coloured by row share (each row sums to 1; an empty row stays white), with the
+    count (`cell_text` "count") or the row share in % ("share") written in every non-zero cell
+    up to `max_annotated` rows and columns. `blank` cells are greyed out (undefined)."""
+    m = np.asarray(matrix, np.float64)
+    totals = m.sum(1, keepdims=True)
+    share = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+    shown = np.ma.masked_array(share, mask=np.zeros_like(share, bool))
+    for r, c in blank:
+        shown.mask[r, c] = True
+    n_r, n_c = m.shape
+    fig = new_figure(min(max(5.0, 2.4 + 0.42 * n_c), 18.0), min(max(3.6, 1.8 + 0.36 * n_r), 18.0))
+    ax = fig.add_subplot()
+    cmap = colormaps["Blues"].with_extremes(bad="0.85")
+    image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of the row", shrink=0.8)
+    if max(n_r, n_c) <= max_annotated:
+        for r in range(n_r):
+            for c in range(n_c):
+                if m[r, c] == 0 or (r, c) in blank:
+                    continue
+                pct = 100 * share[r, c]
+                text = f"{int(m[r, c])}" if cell_text == "count" else (f"{pct:.0f}" if pct >= 0.5 else "<1")
+                ax.text(c, r, text, ha="center", va="center", fontsize=7,
+                        color="white" if share[r, c] > 0.55 else "black")
+    ax.set_xticks(range(n_c), [plain(n, 18) for n in columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_r), [plain(n, 18) for n in rows], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return to_png(fig)

@@ -1,23 +1,32 @@
-"""Report sections of segmentation runs: whole-split metrics with per-class IoU bars, and
+"""Report sections of segmentation runs: whole-split metrics with per-class IoU bars, the
+pixel confusion matrix, the worst images (image, ground truth, prediction, wrong pixels), and
 anomaly segmentation (one table for every method and both aggregations, ROC and PR curves,
 a qualitative grid: image, ground truth, prediction, one anomaly map per method).
 
-Inputs (run directory): metrics.json with "miou" (see evaluation/segmentation.py),
-anomaly.json and anomaly_examples.npz (written by tasks/anomaly.py run_anomaly).
+Inputs (run directory): metrics.json with "miou" and "confusion_matrix" (see
+evaluation/segmentation.py), segmentation_worst.npz / .json (evaluation/segmentation_worst.py),
+categories.json (class names), anomaly.json and anomaly_examples.npz (written by
+tasks/anomaly.py run_anomaly).
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib import colormaps
 
 from visiondoctor.report import plots
+from visiondoctor.evaluation.segmentation_worst import JSON_FILE as WORST_JSON
+from visiondoctor.evaluation.segmentation_worst import NPZ_FILE as WORST_NPZ
 from visiondoctor.report.inputs import finite, read_json
 from visiondoctor.report.sections import Figure, Paragraph, Section, Table, register_section
 from visiondoctor.rundir import RunDir
 
 METHOD_NAMES = {"msp": "MSP", "maxlogit": "MaxLogit", "energy": "Energy", "sml": "SML"}
+MAX_CONFUSION_CLASSES = 40
+MAX_LEGEND_CLASSES = 20
+WRONG = np.array([230, 25, 25], np.uint8)  # wrong pixels in the error map
 
 
 def _pct(x: Any) -> str:
@@ -67,6 +76,106 @@ def segmentation_section(run: RunDir) -> Section | None:
     if not isinstance(metrics, dict) or "miou" not in metrics:
         return None
     return Section("Segmentation metrics", segmentation_metric_blocks(metrics, f"{metrics.get('split', 'val')} split"))
+
+
+def class_names(run: RunDir, metrics: dict[str, Any], k: int) -> list[str]:
+    """Names of labels 0..k-1: categories.json's, else metrics.json per_class keys, else the numbers."""
+    cats = read_json(run, "categories.json")
+    names = cats.get("names") if isinstance(cats, dict) else None
+    if isinstance(names, list) and len(names) == k:
+        return [str(n) for n in names]
+    per_class = list((metrics.get("per_class") or {}).keys())
+    return [str(n) for n in per_class] if len(per_class) == k else [str(i) for i in range(k)]
+
+
+@register_section(42, title="Segmentation confusion matrix", needs=("metrics.json",), optional=True)
+def segmentation_confusion_section(run: RunDir) -> Section | None:
+    metrics = read_json(run, "metrics.json")
+    if not isinstance(metrics, dict) or "miou" not in metrics or not metrics.get("confusion_matrix"):
+        return None
+    m = np.asarray(metrics["confusion_matrix"], np.int64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"metrics.json: confusion_matrix must be square, got shape {m.shape}")
+    names = class_names(run, metrics, len(m))
+    excluded = {int(x) for x in metrics.get("excluded_labels") or []}
+    keep = [k for k in plots.confusion_classes(m, MAX_CONFUSION_CLASSES) if k not in excluded]
+    if not keep:
+        return None
+    shown = [names[k] for k in keep]
+    blocks: list[Any] = [Figure("segmentation_confusion", plots.confusion_matrix(
+        m[np.ix_(keep, keep)], shown, shown, "Pixel confusion matrix", cell_text="share"), caption=(
+        "Rows: ground-truth class; columns: predicted class; each row sums to 100% of that class's evaluated "
+        "pixels (the numbers are %). Off-diagonal cells show which class the model mistakes it for; ignored "
+        "pixels are not counted."))]
+    if len(keep) < len(m) - len(excluded):
+        blocks.append(Paragraph(f"{len(keep)} of {len(m) - len(excluded)} classes drawn: those with any pixel, "
+                                f"at most {MAX_CONFUSION_CLASSES} (the most pixels first).", "note"))
+    return Section("Segmentation confusion matrix", blocks)
+
+
+def _load_worst(run: RunDir) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    summary = read_json(run, WORST_JSON)
+    path = run.path / WORST_NPZ
+    if not isinstance(summary, dict) or not summary.get("images") or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return summary, {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+
+
+def error_map(gt: np.ndarray, pred: np.ndarray, image: np.ndarray | None, ignore_index: int,
+              excluded: Sequence[int] = ()) -> np.ndarray:
+    """RGB: wrong pixels red over the dimmed image (grey without one); ignored or excluded pixels black."""
+    valid = (gt != ignore_index) & ~np.isin(gt, list(excluded))
+    base = image.mean(-1, keepdims=True) * 0.45 if image is not None else np.full(gt.shape + (1,), 90.0)
+    out = np.repeat(base, 3, -1).astype(np.uint8)
+    out[valid & (gt != pred)] = WRONG
+    out[~valid] = 0
+    return out
+
+
+@register_section(71, title="Worst segmented images", needs=(WORST_JSON, WORST_NPZ), optional=True)
+def segmentation_worst_section(run: RunDir) -> Section | None:
+    loaded = _load_worst(run)
+    if loaded is None:
+        return None
+    summary, arrays = loaded
+    metrics = read_json(run, "metrics.json")
+    ignore = int(summary.get("ignore_index", 255))
+    labels = [a for key, a in arrays.items() if key.startswith(("gt_", "pred_"))]
+    present = sorted({int(v) for a in labels for v in np.unique(a) if v >= 0 and v != ignore})
+    names = [str(n) for n in summary.get("class_names") or []]
+    k = max(len(names), present[-1] + 1 if present else 1)
+    if not names:
+        names = class_names(run, metrics if isinstance(metrics, dict) else {}, k)
+    excluded = [int(x) for x in summary.get("excluded_labels") or []]
+    rows, titles, table = [], [], []
+    for j, entry in enumerate(summary["images"]):
+        gt, pred = arrays.get(f"gt_{j}"), arrays.get(f"pred_{j}")
+        if gt is None or pred is None or gt.shape != pred.shape:
+            raise ValueError(f"{run.path / WORST_NPZ}: gt_{j} / pred_{j} missing or of different shapes")
+        image = arrays.get(f"image_{j}")
+        gt_i, pred_i = gt.astype(np.int64), pred.astype(np.int64)
+        rows.append([image, _colour(gt_i, k), _colour(pred_i, k), error_map(gt_i, pred_i, image, ignore, excluded)])
+        miou = finite(entry.get("miou"))
+        titles.append(f"#{j + 1} mIoU {100 * miou:.1f}%" if miou is not None else f"#{j + 1}")
+        table.append([j + 1, entry.get("file_name", ""), entry.get("index"), _pct(entry.get("miou")),
+                      f"{entry.get('width', '?')} × {entry.get('height', '?')}"])
+    legend = {names[c] if c < len(names) else str(c): tuple(_colour(np.array([[c]]), k)[0, 0] / 255)
+              for c in present[:MAX_LEGEND_CLASSES]}
+    evaluated = summary.get("images_evaluated")
+    return Section("Worst segmented images", [
+        Figure("segmentation_worst", plots.image_rows(
+            rows, ["image", "ground truth", "prediction", "wrong pixels"], titles,
+            "Lowest per-image mIoU first", legend=legend), caption=(
+            f"The {len(rows)} images with the lowest per-image mIoU"
+            + (f" of {evaluated} evaluated" if evaluated is not None else "")
+            + ", worst first (thumbnails). Wrong pixels: red; ignored pixels: black; others: the dimmed image. "
+              "Per-image mIoU averages the classes present in that image's ground truth or prediction.")),
+        Table(["rank", "file", "index", "mIoU [%]", "size (w × h)"], table),
+    ])
 
 
 def _curves_png(methods: dict[str, Any], order: Sequence[str]) -> bytes | None:

@@ -18,6 +18,7 @@ from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
 from visiondoctor.evaluation.coco import coco_evaluation, sample_images
 from visiondoctor.evaluation.consistency import score_iou_consistency
+from visiondoctor.evaluation.detection_quality import write_detection_quality
 from visiondoctor.evaluation.detection_stats import detection_statistics
 from visiondoctor.evaluation.detections import detections_to_coco
 from visiondoctor.evaluation.errors import tide_errors
@@ -111,4 +112,5 @@ def evaluate_model(model: nn.Module, index: DetectionIndex, category_map: Catego
         run.write_json("detection_stats.json", detection_statistics(predictions, gt["images"]))
         run.write_json("consistency.json", score_iou_consistency(gt, predictions))
         run.write_json("errors.json", tide_errors(gt, predictions))
+        write_detection_quality(run, gt, predictions, score_threshold=cfg.eval.display_threshold)
     return metrics

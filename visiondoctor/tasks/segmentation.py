@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from visiondoctor.config import Config, ModelConfig
+from visiondoctor.data.images import load_rgb
 from visiondoctor.data.seg_samples import SegmentationIndex
 from visiondoctor.data.segmentation import (
     SegmentationData,
@@ -33,6 +34,7 @@ from visiondoctor.data.segmentation import (
 from visiondoctor.doctor.diagnose import load_loss
 from visiondoctor.evaluation.coco import sample_images
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
+from visiondoctor.evaluation.segmentation_worst import WorstImages, write_worst_images
 from visiondoctor.models.contract import split_segmentation_outputs
 from visiondoctor.models.registry import create_model
 from visiondoctor.rundir import RunDir
@@ -93,10 +95,13 @@ class SegmentationTask(Task):
 
     def evaluate(self, model: nn.Module, data: SegmentationData, split: str, cfg: Config, device: torch.device,
                  run: RunDir | None = None) -> dict[str, Any]:
-        metrics = evaluate_model(model, data.split(split), cfg, device)
+        index = data.split(split)
+        worst = WorstImages() if run is not None else None
+        metrics = evaluate_model(model, index, cfg, device, worst)
         if run is not None:
             metrics["split"] = split
             run.write_json("metrics.json", metrics)
+            write_worst_images(run, worst, index.class_names, index.ignore_index, index.anomaly_labels)
         return metrics
 
 
@@ -182,13 +187,20 @@ def sample_indices(n: int, max_images: int, seed: int) -> list[int] | None:
     return sample_images(list(range(n)), max_images, seed)
 
 
-def evaluate_model(model: nn.Module, index: SegmentationIndex, cfg: Config, device: torch.device) -> dict[str, Any]:
-    """Whole-split metrics (a seeded subset only with eval.max_images, recorded as such)."""
+def evaluate_model(model: nn.Module, index: SegmentationIndex, cfg: Config, device: torch.device,
+                   worst: WorstImages | None = None) -> dict[str, Any]:
+    """Whole-split metrics (a seeded subset only with eval.max_images, recorded as such); `worst`
+    keeps the images with the lowest per-image mIoU on the way (for the report's gallery)."""
     dataset = SegmentationDataset(index, segmentation_transforms(False, cfg.model.image_size), resize_mask=False)
     indices = sample_indices(len(dataset), cfg.eval.max_images, cfg.train.seed)
     cm = ConfusionMatrix(index.num_classes, index.ignore_index, exclude_labels=index.anomaly_labels)
-    for _, logits, mask in iterate_logits(model, dataset, device, cfg.train.batch_size, indices):
-        cm.update(logits.argmax(1)[0].cpu(), mask)
+    for i, logits, mask in iterate_logits(model, dataset, device, cfg.train.batch_size, indices):
+        pred = logits.argmax(1)[0].cpu()
+        if worst is None:
+            cm.update(pred, mask)
+        else:
+            path = index.records[i].path
+            worst.observe(cm, pred, mask, i, path.name, image=lambda p=path: load_rgb(p))
     metrics = cm.compute(index.class_names, total_images=len(dataset))
     metrics["split_source"] = str(index.source)
     return metrics
