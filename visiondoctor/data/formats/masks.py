@@ -136,6 +136,7 @@ class MaskInspection:
     problems: list[Problem]
     stats: MaskStats | None
     orientation: int = 1
+    palette: bool = False  # a palette (mode P) PNG: its indices were read as labels
 
 
 def inspect_mask(mask_path: Path, header: ImageHeader, record: str) -> MaskInspection:
@@ -173,7 +174,7 @@ def inspect_mask(mask_path: Path, header: ImageHeader, record: str) -> MaskInspe
             "refused", "mask_size",
         ))
         return MaskInspection(problems, None)
-    return MaskInspection(problems, MaskStats.of(arr), orientation)
+    return MaskInspection(problems, MaskStats.of(arr), orientation, mode == "P")
 
 
 # ----- many masks -------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def scan_pairs(root: Path, source: Path, pairs: list[tuple[Path, Path | None]], 
             if inspection.stats is None:
                 continue
             stats, orientation = inspection.stats, inspection.orientation
-            scan.palette += _is_palette(mask_path)
+            scan.palette += inspection.palette
         same_size_turns += header.orientation != 1 and header.size == header.stored_size
         width, height = header.size
         scan.found.append((SegmentationRecord(image_id, rel, image_path, mask_path, width, height, orientation), stats))
@@ -343,11 +344,6 @@ def valid_values_of(values: list[int] | range | tuple[int, ...]) -> np.ndarray:
     return valid
 
 
-def _is_palette(path: Path) -> int:
-    with Image.open(path) as im:
-        return int(im.mode == "P")
-
-
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -432,9 +428,10 @@ def read_mask_folder(
     if ignore_index is not None:
         void, source, evidence = ignore_index, "configured", f"ignore_index {ignore_index} was given"
     elif check_masks:
-        void, evidence = infer_void(scan.value_pixels(), scan.edge_pixels(), len(names))
+        value_pixels = scan.value_pixels()
+        void, evidence = infer_void(value_pixels, scan.edge_pixels(), len(names))
         source = "found in masks" if void is not None else "none"
-        if void is None and len(names) < scan.value_pixels().size and scan.value_pixels()[len(names):].any():
+        if void is None and value_pixels[len(names):].any():  # values no class names, none taken as void
             scan.problems.append(Problem(str(images_dir), "void value", evidence, "info", "void_value"))
     else:
         void, source, evidence = None, "none", "masks not read (check_masks off): no void value looked for"
