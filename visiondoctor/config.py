@@ -22,7 +22,7 @@ class DataConfig:
     synth: str = ""  # when set and `path` is empty: generate this synthetic dataset (shapes, streets, sketches)
     synth_images: int = 0  # training images to generate; 0 = generator default
     synth_options: dict[str, Any] = field(default_factory=dict)  # other generator arguments (image_size, ...)
-    ignore_index: int = 255  # segmentation only
+    ignore_index: int | None = None  # segmentation: the label void pixels become; None = the layout's own void value
     workers: int = 0
 
 

@@ -3,17 +3,24 @@
 Every failure becomes a `DataError` naming the file (and the record that pointed at it), so a
 reader can count it as a refused record and a training run never dies on a bare PIL traceback.
 
-EXIF orientation is deliberately *not* applied, neither by `image_size` nor by `load_rgb`:
-annotation tools differ on it, and the two functions must agree on the size the boxes refer to.
+EXIF orientation is applied by both `image_size` and `load_rgb`: sizes and pixels are those of
+the *displayed* image (a phone photo stored 4000x3000 with orientation 6 is 3000x4000 here).
+Annotation tools (CVAT, Label Studio, LabelMe, Roboflow) annotate the displayed image, so boxes
+and masks refer to it; the two functions read the orientation the same way (`read_header`, from
+the file header, before any pixel is decoded), so the size boxes are checked against is the size
+of the decoded tensor. A reader that finds an annotation matching the *stored* size of a rotated
+image says so (`rotation_hint`). Label masks are not photos: their own EXIF, if any, is ignored
+(see `data/formats/masks.py`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from visiondoctor.data.samples import DataError, Problem
@@ -21,6 +28,19 @@ from visiondoctor.data.samples import DataError, Problem
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+# EXIF orientation -> the transpose that turns the stored pixels into the displayed image
+# (the EXIF 2.3 table; the same one PIL's ImageOps.exif_transpose uses).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (5, 6, 7, 8)  # orientations that turn the image by 90 degrees
 
 
 def resolve_image_path(root: Path, file_name: str, source: str, record: str) -> Path:
@@ -48,11 +68,53 @@ def resolve_image_path(root: Path, file_name: str, source: str, record: str) -> 
     return Path(joined)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header only; pixels are not decoded (fast on big datasets)."""
+class ImageHeader(NamedTuple):
+    """What the header says: the stored size and the EXIF orientation (1 = as stored)."""
+
+    stored_width: int
+    stored_height: int
+    orientation: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the displayed image: the stored size, sides swapped when turned by 90 degrees."""
+        if self.orientation in _SWAPS_SIDES:
+            return self.stored_height, self.stored_width
+        return self.stored_width, self.stored_height
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return self.stored_width, self.stored_height
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened image, 1 when absent, invalid or unreadable.
+
+    Never decodes pixels: PIL's PNG `getexif()` would decode the whole image to look for an eXIf
+    chunk after the pixel data, so a PNG counts only the eXIf chunk met before them (where
+    writers put it). A corrupt EXIF block is not worth refusing an image for: it reads as 1.
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - PIL raises assorted types on corrupt EXIF
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
+    """`im` turned/flipped as EXIF `orientation` says (the displayed image); unchanged for 1."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return im.transpose(method) if method is not None else im
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Stored size and EXIF orientation from the header only; pixels are not decoded (fast on big datasets)."""
     try:
         with Image.open(path) as im:
             width, height = im.size
+            orientation = exif_orientation(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     # PIL raises many types for corrupt headers (OSError, SyntaxError, ValueError, struct.error,
@@ -61,11 +123,33 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image header ({type(exc).__name__}: {exc})") from None
     if width <= 0 or height <= 0:
         raise DataError(f"{path}: image has no pixels ({width}x{height})")
-    return int(width), int(height)
+    return ImageHeader(int(width), int(height), orientation)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the displayed image (EXIF orientation applied), from the header only."""
+    return read_header(path).size
+
+
+def rotation_hint(path: Path, stated: tuple[int, int]) -> str:
+    """A sentence to add to a size-mismatch message when `stated` (an annotation's width x height)
+    is the *stored* size of an image that EXIF turns by 90 degrees; "" otherwise."""
+    try:
+        header = read_header(path)
+    except DataError:
+        return ""
+    if header.orientation not in _SWAPS_SIDES or tuple(stated) != header.stored_size:
+        return ""
+    w, h = header.size
+    return (f" The file is stored {header.stored_width}x{header.stored_height} with EXIF orientation "
+            f"{header.orientation} (displayed {w}x{h}): the annotations were probably made on the un-rotated "
+            "pixels by a tool that ignores EXIF, while boxes are read in the displayed image; rotate the image "
+            "file (and drop its orientation tag) or re-export the annotations.")
 
 
 def load_rgb(path: Path) -> torch.Tensor:
-    """Decode any PIL-readable image to a uint8 RGB tensor (3, H, W).
+    """Decode any PIL-readable image to a uint8 RGB tensor (3, H, W) of the displayed image
+    (EXIF orientation applied, read as `read_header` reads it, so H x W is `image_size`).
 
     Grayscale, palette, CMYK and RGBA (alpha dropped) go through PIL's own conversion; 16-bit
     and 32-bit integer images are scaled to 8 bits (PIL's plain conversion would clip them to
@@ -73,16 +157,18 @@ def load_rgb(path: Path) -> torch.Tensor:
     """
     try:
         with Image.open(path) as im:
+            orientation = exif_orientation(im)  # before load(): see exif_orientation
             im.load()
-            rgb = _to_rgb(im)
+            rgb = apply_orientation(to_rgb(im), orientation)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except Exception as exc:  # noqa: BLE001 - see image_size: every PIL failure is "unreadable"
+    except Exception as exc:  # noqa: BLE001 - see read_header: every PIL failure is "unreadable"
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
     return pil_to_tensor(rgb).contiguous()
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An opened image of any mode as 8-bit RGB, as `load_rgb` converts it (orientation not applied)."""
     if im.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(im).astype(np.int64)
         eight = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from visiondoctor.config import Config
 from visiondoctor.data.detection import dataset_root
 from visiondoctor.data.formats import load_segmentation
-from visiondoctor.data.formats.masks import load_mask_array
+from visiondoctor.data.formats.masks import load_record_mask
 from visiondoctor.data.images import load_rgb
 from visiondoctor.data.seg_samples import DataError, SegmentationIndex
 
@@ -150,8 +150,7 @@ class SegmentationDataset(Dataset):
         return len(self.index.records)
 
     def load_mask(self, i: int) -> torch.Tensor:
-        raw, _ = load_mask_array(self.index.records[i].mask_path)
-        return torch.from_numpy(self.lut[raw])
+        return torch.from_numpy(self.lut[load_record_mask(self.index.records[i])])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.index.records[i]

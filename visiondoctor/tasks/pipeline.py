@@ -96,7 +96,7 @@ class Task:
     def datasets(self, cfg: Config, data: TaskData) -> Datasets:
         raise NotImplementedError
 
-    def loss_fn(self, cfg: Config) -> LossFn:
+    def loss_fn(self, cfg: Config, data: TaskData) -> LossFn:
         """The loss the Trainer calls: the model's own losses unless a task says otherwise."""
         return default_loss_fn
 
@@ -195,7 +195,7 @@ def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Cal
     doctor = RunDiagnosis(model, cfg, task.num_classes(categories), bool(categories.get("background")))
     doctor.before_training(model, sets.probe, sets.collate, task.data_findings(data, categories))
     trainer, result = fit_model(
-        model, sets, cfg, run.path, loss_fn=task.loss_fn(cfg),
+        model, sets, cfg, run.path, loss_fn=task.loss_fn(cfg, data),
         callbacks=[*([doctor.monitor] if doctor.monitor else []), *callbacks],
         evaluate_fn=lambda m: task.evaluate(m, data, "val", cfg, device), primary_metric=task.primary_metric,
         resume=resume)

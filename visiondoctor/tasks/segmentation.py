@@ -89,9 +89,10 @@ class SegmentationTask(Task):
             probe=SegmentationDataset(data.train, segmentation_transforms(False, size), train_labels=True),
             collate=collate_segmentation)
 
-    def loss_fn(self, cfg: Config) -> Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]:
+    def loss_fn(self, cfg: Config, data: SegmentationData) -> Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]:
+        """CE(out) + CE(aux) ignoring the dataset's void label, or the user's --loss-file."""
         loss_file = self.options.get("loss_file")
-        return load_loss_file(loss_file) if loss_file else SegmentationLoss(cfg.data.ignore_index)
+        return load_loss_file(loss_file) if loss_file else SegmentationLoss(data.train.ignore_index)
 
     def evaluate(self, model: nn.Module, data: SegmentationData, split: str, cfg: Config, device: torch.device,
                  run: RunDir | None = None) -> dict[str, Any]:

@@ -97,8 +97,9 @@ def load_detection(path: str | Path, format: str = "auto", split: str | None = N
 
 
 def load_segmentation(path: str | Path, format: str = "auto", split: str | None = None,
-                      ignore_index: int = 255) -> SegmentationIndex:
-    """Read one split of a segmentation dataset of `format` ("auto" to detect it)."""
+                      ignore_index: int | None = None) -> SegmentationIndex:
+    """Read one split of a segmentation dataset of `format` ("auto" to detect it); void pixels become
+    `ignore_index` (None: the layout's own void value, or the one found in the masks)."""
     path, fmt = _resolve(path, format, "segmentation")
     return fmt.read(path, split, ignore_index)
 

@@ -7,8 +7,8 @@ Decisions (each tested in tests/test_data_bad_input.py):
   ones get fresh ids (max id + 1, ...) in file order. Ids name boxes only; nothing is lost.
 - Duplicate category ids with the same name are merged (repaired); with different names the
   file is refused, since boxes of that id could be either class.
-- `width`/`height` are checked against the real file header when `check_images` is on; the
-  real size wins (repaired). Missing or unreadable images refuse that image and its boxes.
+- `width`/`height` are checked against the real file header when `check_images` is on (the
+  displayed size: EXIF orientation applied, see data/images.py); the real size wins (repaired). Missing or unreadable images refuse that image and its boxes.
 - `area` is kept when it is a positive number (COCO's size buckets use it), else w*h.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from visiondoctor.data.formats._checks import (
     valid_side,
 )
 from visiondoctor.data.formats.splits import pick_split, subdirs
-from visiondoctor.data.images import resolve_image_path
+from visiondoctor.data.images import resolve_image_path, rotation_hint
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 from visiondoctor.rundir import write_json_atomic
 
@@ -196,7 +196,8 @@ def _read_image(
         elif (width, height) != real:
             log.repair(
                 record,
-                f"width/height {width}x{height} disagree with the file {file_name!r} ({real[0]}x{real[1]}); using the real size",
+                f"width/height {width}x{height} disagree with the file {file_name!r} ({real[0]}x{real[1]}); using the real size"
+                + rotation_hint(path, (width, height)),
                 "size_mismatch",
             )
         width, height = real

@@ -1,12 +1,13 @@
-"""Split names as datasets spell them: val / valid / validation stand for one another, so a
-config saying `val` reads a Roboflow export's `valid/` folder."""
+"""Split names as datasets spell them: train / training, val / valid / validation and test / testing
+stand for one another, so a config saying `val` reads a Roboflow export's `valid/` folder and
+`train` reads ADE20K's `training/`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from visiondoctor.data.samples import DataError
 
-SPLIT_ALIASES = ({"val", "valid", "validation"},)
+SPLIT_ALIASES = ({"train", "training"}, {"val", "valid", "validation"}, {"test", "testing"})
 
 
 def match_split(split: str, available: list[str]) -> str | None:

@@ -11,7 +11,8 @@ Decisions:
   xmax, ymax]`, so a box covering the whole image is `[0, 0, width, height]`.
 - `<difficult>1</difficult>` becomes `iscrowd = 1`: COCO evaluation then neither rewards nor
   penalises detections of it, which is how VOC's own evaluation treats difficult objects.
-- The image's real size (from its header) wins over `<size>`, which exports often get wrong.
+- The image's real size (from its header; the displayed size, EXIF orientation applied) wins
+  over `<size>`, which exports often get wrong.
 XML is parsed with the standard library; its expat (>= 2.4) refuses entity-expansion bombs,
 and ElementTree never fetches external entities.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
 from visiondoctor.data.formats.splits import pick_split
-from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size, resolve_image_path
+from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size, resolve_image_path, rotation_hint
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 
 
@@ -166,7 +167,7 @@ def _read_xml(root: ET.Element, xml_path: Path, img_dir: Path, log: ProblemLog) 
                    "bad_size", xml_path)
     elif stated != (width, height):
         log.repair(name, f"<size> {stated[0]}x{stated[1]} disagrees with the image file ({width}x{height}); "
-                   "using the real size", "size_mismatch", xml_path)
+                   "using the real size" + rotation_hint(path, stated), "size_mismatch", xml_path)
 
     record = DetectionRecord(image_id=-1, file_name=file_name, path=path, width=width, height=height)
     item = _Parsed(record)

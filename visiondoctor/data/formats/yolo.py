@@ -8,6 +8,8 @@ Layouts: `images/<split>/` + `labels/<split>/` (Ultralytics), `<split>/images/` 
 Decisions:
 - The dataset category id *is* the YOLO class index (0-based), so predictions written back in
   dataset ids use the same numbers as the label files; CategoryMap shifts them for background.
+- Fractions are of the displayed image (EXIF orientation applied, see data/images.py), which is
+  how Ultralytics reads them too.
 - Without a names file the classes are those seen in the labels, named `class_<i>` (noted).
 - An image without a label file has no objects (the YOLO convention), noted once as info; a
   label file without an image is refused with its lines.
