@@ -75,7 +75,7 @@ class HeatmapDetector(nn.Module):
         peak = gauss.ge(0.999).float()
         focal = -(peak * (1 - p) ** 2 * p.log() + (1 - peak) * (1 - gauss) ** 4 * p ** 2 * (1 - p).log()).sum()
         npk = max(1.0, float(peak.sum()))
-        sel = lambda z: z.permute(0, 2, 3, 1)[at]  # noqa: E731
+        sel = lambda z: z.permute(0, 2, 3, 1)[at]
         return {"heatmap": focal / npk, "offset": F.l1_loss(sel(off), sel(off_t)), "size": F.l1_loss(sel(size), sel(size_t))}
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ class CentreCellNet(nn.Module):
     def __init__(self, num_classes=3):
         super().__init__()
         self.n = num_classes - 1
-        act = lambda: nn.LeakyReLU(0.1)  # noqa: E731
+        act = lambda: nn.LeakyReLU(0.1)
         self.body = nn.Sequential(
             nn.Conv2d(3, 32, 3, 2, 1), act(), nn.Conv2d(32, 32, 3, 1, 1), act(),
             nn.Conv2d(32, 64, 3, 2, 1), act(), nn.Conv2d(64, 64, 3, 2, 1), act(),

@@ -30,7 +30,7 @@ class FCOSHead(nn.Module):
 
     def forward(self, f):
         t = self.box_tower(f)
-        flat = lambda z: z.flatten(2).transpose(1, 2)  # noqa: E731  N, HW, K
+        flat = lambda z: z.flatten(2).transpose(1, 2)
         return flat(self.cls_out(self.cls_tower(f))), flat(self.ltrb_out(t)), flat(self.ctr_out(t)).squeeze(-1)
 
 

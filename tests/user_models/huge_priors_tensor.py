@@ -13,7 +13,12 @@ val AP50 0.00 (twin 0.89).
 """
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import (
+    batched_nms,
+    box_iou,
+    generalized_box_iou_loss,
+    sigmoid_focal_loss,
+)
 
 IMAGE_SIZE, STRIDE, SIZES = 64, 8, (150.0, 180.0, 220.0)
 

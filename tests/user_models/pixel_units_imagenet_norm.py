@@ -40,7 +40,7 @@ class NoNormSeg(nn.Module):
         a = F.relu(self.c1(x))
         b = F.relu(self.c2(a))
         c = F.relu(self.m3(F.relu(self.c3(b))))
-        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="nearest")  # noqa: E731
+        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="nearest")
         d = F.relu(self.u2(torch.cat([up(c, b), b], 1)))
         e = F.relu(self.u1(torch.cat([up(d, a), a], 1)))
         f = F.relu(self.u0(torch.cat([up(e, x), x], 1)))

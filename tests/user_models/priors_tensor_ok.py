@@ -8,7 +8,12 @@ HEALTHY. Measured: 4 images, 100 Adam steps (lr 1e-3): loss 1.61 -> 0.040 (2.5 %
 """
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import (
+    batched_nms,
+    box_iou,
+    generalized_box_iou_loss,
+    sigmoid_focal_loss,
+)
 
 IMAGE_SIZE, STRIDE, SIZES = 64, 8, (12.0, 20.0, 28.0)
 

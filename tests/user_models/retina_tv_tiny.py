@@ -12,8 +12,8 @@ from functools import partial
 
 from torch import nn
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
 
 
 class TwoLevelBackbone(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,13 @@ REPO_ROOT = USER_MODELS.parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: test this working tree's package, not an installed copy
     sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
-from visiondoctor.doctor.diagnose import diagnose, load_factory, load_loss  # noqa: E402
-from visiondoctor.doctor.findings import Finding  # noqa: E402
-from visiondoctor.doctor.zoo.common import ListDataset, masks_from_squares, squares  # noqa: E402
+import visiondoctor
+from visiondoctor.doctor.diagnose import diagnose, load_factory, load_loss
+from visiondoctor.doctor.findings import Finding
+from visiondoctor.doctor.zoo.common import ListDataset, masks_from_squares, squares
 
 MANIFEST = USER_MODELS / "manifest.yaml"
 RAISED = ("error", "warning")
@@ -76,7 +78,7 @@ def make_data(entry: dict[str, Any]) -> tuple[ListDataset, ListDataset]:
     kind = data.get("kind", "squares")
     if kind != "squares":
         raise ValueError(f"entry {entry['name']}: unknown data kind {kind!r}")
-    kw = dict(size=int(data.get("size", 64)), min_side=int(data.get("min_side", 12)), max_side=int(data.get("max_side", 28)))
+    kw = {"size": int(data.get("size", 64)), "min_side": int(data.get("min_side", 12)), "max_side": int(data.get("max_side", 28))}
     train, val = squares(int(data.get("train", 12)), seed=0, **kw), squares(int(data.get("val", 8)), seed=1, **kw)
     if entry["task"] == "segmentation":
         border = int(data.get("void_border", 0))
@@ -131,14 +133,14 @@ def _row(entry: dict[str, Any], findings: list[Finding], seconds: float) -> list
 
 
 def summary(entries: list[dict[str, Any]], verdicts: list[str]) -> list[str]:
+    """Two lines: how the broken models fared (cause / symptom / missed) and how many healthy ones were flagged."""
     broken = [v for e, v in zip(entries, verdicts) if not e["healthy"]]
     healthy = [v for e, v in zip(entries, verdicts) if e["healthy"]]
-    lines = [f"broken models: {len(broken)} -- named by cause {broken.count('cause')}, symptom only {broken.count('symptom')}, "
-             f"missed {broken.count('missed')}, doctor crashed {broken.count('doctor crashed')}",
-             f"healthy models: {len(healthy)} -- clean {healthy.count('clean')}, "
-             f"with errors/warnings {sum(v not in ('clean', 'doctor crashed') for v in healthy)}, "
-             f"doctor crashed {healthy.count('doctor crashed')}"]
-    return lines
+    return [(f"broken models: {len(broken)} -- named by cause {broken.count('cause')}, symptom only {broken.count('symptom')}, "
+              f"missed {broken.count('missed')}, doctor crashed {broken.count('doctor crashed')}"),
+             (f"healthy models: {len(healthy)} -- clean {healthy.count('clean')}, "
+              f"with errors/warnings {sum(v not in ('clean', 'doctor crashed') for v in healthy)}, "
+              f"doctor crashed {healthy.count('doctor crashed')}")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,23 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overfit-steps", type=int, default=60)
     parser.add_argument("--only", nargs="*", help="entry names to run (default: all)")
     parser.add_argument("--out-dir", type=Path, help="write each model's diagnosis under OUT_DIR/<name>")
+    parser.add_argument("--json", type=Path, help="also write the per-model results (IDs, verdicts, seconds) to this file")
     args = parser.parse_args(argv)
-    import visiondoctor
-
     entries = [e for e in load_manifest() if not args.only or e["name"] in args.only]
     print(f"visiondoctor from {Path(visiondoctor.__file__).parent}; steps={args.steps} overfit_steps={args.overfit_steps}")
     header = ["model", "healthy", "expected cause", "raised (e=error, w=warning)", "verdict", "check.failed", "s"]
     print(" | ".join(header))
-    verdicts = []
+    verdicts, records = [], []
     for entry in entries:
         start = time.perf_counter()
         out = args.out_dir / entry["name"] if args.out_dir else None
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's progress bars would break up the table
             findings = run_entry(entry, steps=args.steps, overfit_steps=args.overfit_steps, out_dir=out)
+        seconds = time.perf_counter() - start
         verdicts.append(verdict(entry, findings))
-        print(" | ".join(_row(entry, findings, time.perf_counter() - start)), flush=True)
+        records.append({"name": entry["name"], "healthy": entry["healthy"], "cause": entry["cause"], "verdict": verdicts[-1],
+                        "raised": [[f.id, f.severity, f.where] for f in findings if f.severity in RAISED],
+                        "info": [[f.id, f.title] for f in findings if f.severity == "info"], "seconds": round(seconds, 1)})
+        print(" | ".join(_row(entry, findings, seconds)), flush=True)
     print()
     print("\n".join(summary(entries, verdicts)))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
     return 0
 
 

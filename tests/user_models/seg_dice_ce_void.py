@@ -5,7 +5,6 @@ pixels (object borders, image frame) with 255; both terms leave those pixels out
 HEALTHY. Measured (64-px squares with a 2-px void frame, 4 images, 100 Adam steps): loss 1.69 -> 0.30,
 pixel accuracy on the labelled pixels 1.00.
 """
-import torch
 import torch.nn.functional as F
 from torch import nn
 
