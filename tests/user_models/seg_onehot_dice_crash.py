@@ -7,7 +7,7 @@ FAULT: the masks carry 255 for void pixels and the loss one-hot encodes them as 
 the first batch with a void pixel (and if one-hot got a larger num_classes, the void would be trained as a
 class of its own).
 Measured: squares with a 1-px void frame: the first call of the loss raises that RuntimeError; on masks
-without void the model trains (4 images, 100 Adam steps: loss 0.74 -> 0.03, pixel accuracy 0.99).
+without void the model trains (4 images, 100 Adam steps: loss 0.77 -> 0.18, pixel accuracy 0.99).
 """
 import torch.nn.functional as F
 from torch import nn
