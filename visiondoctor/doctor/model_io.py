@@ -18,8 +18,8 @@ from torch import nn
 
 from visiondoctor.models.contract import ModelContractError, split_segmentation_outputs
 
-__all__ = ["LossFn", "ModelIO", "ModelContractError", "split_segmentation_outputs", "stack_images", "stack_masks",
-           "image_sizes", "total_loss", "AUX_WEIGHT"]
+__all__ = ["LossFn", "ModelIO", "ModelContractError", "check_detections", "split_segmentation_outputs", "stack_images",
+           "stack_masks", "image_sizes", "total_loss", "AUX_WEIGHT"]
 
 LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 AUX_WEIGHT = 0.4
@@ -56,12 +56,28 @@ class ModelIO:
             out = model(list(images))
             if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list):  # scripted-style (losses, dets)
                 out = out[1]
-            if not isinstance(out, list) or (out and not isinstance(out[0], Mapping)):
-                raise ModelContractError(
-                    f"eval-mode detection output must be a list of dicts with boxes/scores/labels, got {type(out).__name__}"
-                )
+            check_detections(out, len(list(images)))
             return out
         return model(stack_images(images))
+
+
+def check_detections(out: Any, num_images: int) -> None:
+    """The eval-mode contract of a detector: one {boxes [N, 4], scores [N], labels [N]} per image."""
+    def fail(what: str) -> ModelContractError:
+        return ModelContractError(f"eval-mode detection output must be a list with one dict per image of boxes [N, 4], "
+                                  f"scores [N], labels [N]; got {what}")
+
+    if not isinstance(out, list):
+        raise fail(f"a {type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, Mapping)) else ""))
+    if len(out) != num_images:
+        raise fail(f"a list of {len(out)} items for {num_images} images")
+    for i, d in enumerate(out):
+        if not isinstance(d, Mapping) or not {"boxes", "scores", "labels"} <= set(d):
+            raise fail(f"item {i}: {type(d).__name__}" + (f" with keys {sorted(d)}" if isinstance(d, Mapping) else ""))
+        boxes, scores, labels = (torch.as_tensor(d[k]) for k in ("boxes", "scores", "labels"))
+        if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.dim() != 1 or labels.dim() != 1 \
+                or not (len(boxes) == len(scores) == len(labels)):
+            raise fail(f"item {i}: boxes {tuple(boxes.shape)}, scores {tuple(scores.shape)}, labels {tuple(labels.shape)}")
 
 
 def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Probe forwards: measure what a model does on a sample batch, never assume it.
 
-`run_probes` runs three short passes on a copy of nothing — the model itself, with its
-state preserved and restored:
+`run_probes` runs short passes on the model itself, with its state preserved and restored:
 
-1. a training forward + backward (anchors and the ground truth in the anchors' frame,
-   matcher decisions, BatchNorm running-stat changes, gradients, autocast state per module);
+1. a training forward + backward (the tensor entering the first convolution, the ground truth in
+   the frame the model works in, matcher decisions, BatchNorm running-stat changes, gradients,
+   autocast state per module; for segmentation, what the outputs are);
 2. a training forward under autocast (bf16 on CPU) to see which modules switch it off;
-3. an eval forward (feature-map sizes per module, RoI pooling calls, outputs).
+3. an eval forward (feature-map sizes per module, RoI pooling calls, outputs, the output contract);
+4. experiments (visiondoctor.doctor.experiments, .priors): the model's priors found by measurement,
+   the loss's response when the boxes move, a segmentation loss's response to void pixels.
 
-Every pass that fails is recorded in `Observation.failures` and reported as `check.failed`
-by the checks that needed it; the others still run.
+A pass that fails keeps its exception in `Observation.errors`; visiondoctor.doctor.failures turns
+it into a finding that names the likely cause. The other passes still run.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import torch
 from torch import nn
 
 from visiondoctor.doctor import hooks, introspect
+from visiondoctor.doctor.experiments import AssignmentResponse, VoidResponse, assignment_response, void_response
 from visiondoctor.doctor.model_io import ModelIO, split_segmentation_outputs, total_loss
+from visiondoctor.doctor.priors import Priors, discover_priors
 
 
 @dataclass
@@ -35,6 +39,38 @@ class BatchNormState:
 
 
 @dataclass
+class InputStats:
+    """The tensor the model's first convolution receives (the pixels as the network sees them)."""
+
+    shape: tuple[int, ...]
+    min: float
+    max: float
+    mean: float
+    std: float
+    smallest_image_std: float  # the most uniform image of the batch
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "InputStats":
+        x = x.detach().float()
+        per_image = x.reshape(x.shape[0], -1).std(1) if x.dim() == 4 and x.shape[0] > 0 else x.reshape(1, -1).std(1)
+        return cls(tuple(x.shape), float(x.min()), float(x.max()), float(x.mean()), float(x.std()), float(per_image.min()))
+
+
+@dataclass
+class SegmentationOutputs:
+    """What a segmentation model's main output holds on the probe batch."""
+
+    channels: int
+    min: float
+    max: float
+    channel_sum_deviation: float  # max |sum over classes - 1|: 0 when the outputs are already probabilities
+
+    @property
+    def probabilities(self) -> bool:
+        return self.min >= 0.0 and self.max <= 1.0 and self.channel_sum_deviation < 1e-3
+
+
+@dataclass
 class Observation:
     """What the probes measured."""
 
@@ -45,6 +81,7 @@ class Observation:
     anchors: list[hooks.AnchorRecord] = field(default_factory=list)
     gt_boxes: list[torch.Tensor] = field(default_factory=list)  # in the frame the anchors live in
     gt_labels: list[torch.Tensor] = field(default_factory=list)
+    gt_in_model_frame: bool = False  # the model resized the boxes itself (its resize transform's output was read)
     matches: dict[str, list[hooks.MatchStats]] = field(default_factory=dict)
     trainable: dict[str, int] = field(default_factory=dict)  # param name -> numel, requires_grad
     no_grad: list[str] = field(default_factory=list)  # trainable params left with grad None
@@ -61,12 +98,23 @@ class Observation:
     eval_outputs: Any = None
     head_classes: dict[str, tuple[str, int]] = field(default_factory=dict)  # head -> (role, measured class count)
     failures: dict[str, str] = field(default_factory=dict)  # pass name -> "Type: message"
+    errors: dict[str, BaseException] = field(default_factory=dict)  # pass name -> the exception it raised
+    first_input: InputStats | None = None
+    seg_outputs: SegmentationOutputs | None = None
+    seg_main_output: torch.Tensor | None = None  # the main output of the training forward (detached)
+    priors: Priors | None = None
+    assignment: AssignmentResponse | None = None
+    void: VoidResponse | None = None
 
     def require(self, *passes: str) -> None:
-        """Raise when a pass a check depends on failed, so the runner reports the check as failed."""
+        """Raise when a pass a check depends on failed (the failure itself is a finding of its own)."""
         for p in passes:
             if p in self.failures:
-                raise RuntimeError(f"probe pass '{p}' failed: {self.failures[p]}")
+                raise ProbePassFailed(f"probe pass '{p}' failed: {self.failures[p]}")
+
+
+class ProbePassFailed(RuntimeError):
+    """A check needed a probe pass that raised; the pass's own finding explains why."""
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -109,8 +157,15 @@ def _bn_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def run_probes(model: nn.Module, io: ModelIO, images: Sequence[torch.Tensor] | torch.Tensor, targets: Any) -> Observation:
-    """Measure the model on one small batch; the model's state is restored afterwards."""
+def _failed(obs: Observation, name: str, exc: BaseException) -> None:
+    obs.failures[name] = f"{type(exc).__name__}: {exc}"
+    obs.errors[name] = exc
+
+
+def run_probes(model: nn.Module, io: ModelIO, images: Sequence[torch.Tensor] | torch.Tensor, targets: Any,
+               experiments: bool = True, void_value: int | None = None) -> Observation:
+    """Measure the model on one small batch; the model's state is restored afterwards. `void_value`: the
+    dataset's void label in the masks (segmentation), for the void experiment."""
     obs = Observation(task=io.task)
     device = model_device(model)
     images, targets = to_device(images, targets, device)
@@ -120,7 +175,28 @@ def run_probes(model: nn.Module, io: ModelIO, images: Sequence[torch.Tensor] | t
         _train_pass(model, io, images, targets, obs)
         _autocast_pass(model, io, images, targets, obs, device)
         _eval_pass(model, io, images, obs)
+        if experiments:
+            _experiments(model, io, images, targets, obs, void_value)
     return obs
+
+
+def _experiments(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: Observation, void_value: int | None) -> None:
+    if io.task == "detection":
+        if "eval" not in obs.failures:
+            try:
+                obs.priors = discover_priors(model, io.predict, images)
+            except Exception as exc:  # noqa: BLE001
+                _failed(obs, "priors", exc)
+        if "train" not in obs.failures:
+            try:
+                obs.assignment = assignment_response(model, io, list(images), list(targets))
+            except Exception as exc:  # noqa: BLE001
+                _failed(obs, "assignment", exc)
+    elif void_value is not None:
+        try:
+            obs.void = void_response(model, io, images, targets, void_value)
+        except Exception as exc:  # noqa: BLE001
+            _failed(obs, "void", exc)
 
 
 def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: Observation) -> None:
@@ -138,6 +214,15 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
         root_out: dict[str, Any] = {}
         if io.task == "segmentation":
             handles.append(model.register_forward_hook(lambda _m, _a, out: root_out.setdefault("out", out)))
+        first: dict[str, torch.Tensor] = {}
+
+        def first_conv_input(_m: nn.Module, args: tuple) -> None:  # must return None: a value would replace the input
+            if "x" not in first and args and isinstance(args[0], torch.Tensor):
+                first["x"] = args[0].detach()
+
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_pre_hook(first_conv_input))
         try:
             with hooks.record_anchors(model) as anchors, hooks.record_matches(model) as matches, \
                     hooks.record_autocast(model) as ac:
@@ -146,6 +231,8 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
             for h in handles:
                 h.remove()
         obs.anchors, obs.matches, obs.autocast_plain = anchors, matches, ac
+        if "x" in first:
+            obs.first_input = InputStats.of(first["x"])
         obs.losses = {k: float(v.detach()) for k, v in losses.items()}
         _record_ground_truth(obs, targets, transformed.get("out"))
         if "out" in root_out:
@@ -153,6 +240,10 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
             obs.train_outputs["out"] = tuple(main.shape)
             if aux is not None:
                 obs.train_outputs["aux"] = tuple(aux.shape)
+            m = main.detach().float()
+            obs.seg_main_output = m
+            obs.seg_outputs = SegmentationOutputs(int(m.shape[1]), float(m.min()), float(m.max()),
+                                                  float((m.sum(1) - 1).abs().max()))
         owners = frozen_owners(model)
         for n, m in bns:
             changed, delta = False, 0.0
@@ -171,7 +262,7 @@ def _train_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs: O
             elif not bool(p.grad.detach().abs().sum() > 0):
                 obs.zero_grad.append(name)
     except Exception as exc:  # noqa: BLE001
-        obs.failures["train"] = f"{type(exc).__name__}: {exc}"
+        _failed(obs, "train", exc)
 
 
 def _record_ground_truth(obs: Observation, targets: Any, transformed: Any) -> None:
@@ -184,6 +275,7 @@ def _record_ground_truth(obs: Observation, targets: Any, transformed: Any) -> No
     if isinstance(transformed, tuple) and len(transformed) == 2 and transformed[1] is not None:
         try:  # torchvision GeneralizedRCNNTransform: (ImageList, resized targets), the frame the anchors live in
             obs.gt_boxes, obs.gt_labels = read(transformed[1])
+            obs.gt_in_model_frame = True
             return
         except (TypeError, KeyError, IndexError):  # a user's `transform` attribute of another kind
             pass
@@ -199,7 +291,7 @@ def _autocast_pass(model: nn.Module, io: ModelIO, images: Any, targets: Any, obs
             io.losses(model, images, targets)
         obs.autocast_outer = ac
     except Exception as exc:  # noqa: BLE001
-        obs.failures["autocast"] = f"{type(exc).__name__}: {exc}"
+        _failed(obs, "autocast", exc)
 
 
 def _eval_pass(model: nn.Module, io: ModelIO, images: Any, obs: Observation) -> None:
@@ -215,4 +307,4 @@ def _eval_pass(model: nn.Module, io: ModelIO, images: Any, obs: Observation) -> 
             if count is not None:
                 obs.head_classes[h.name] = (h.role, count)
     except Exception as exc:  # noqa: BLE001
-        obs.failures["eval"] = f"{type(exc).__name__}: {exc}"
+        _failed(obs, "eval", exc)

@@ -25,28 +25,37 @@ def uses_background_label(model: nn.Module) -> bool | None:
     return bool(flag) if flag is not None else None
 
 
-def smallest_anchor_stride(obs: Observation) -> float | None:
-    strides = [rec.image_hw[1] / w for rec in obs.anchors if rec.image_hw for _, w, _ in rec.levels]
-    return min(strides) if strides else None
+def smallest_prior_stride_in_image(obs: Observation) -> float | None:
+    """The finest prior grid's spacing, in the pixels of the images as given (the priors may live in a resized frame)."""
+    priors = obs.priors
+    if priors is None or not priors.levels or not obs.input_hw:
+        return None
+    spacing = min(lv.spacing[0] for lv in priors.levels if lv.spacing[0] > 0) if any(lv.spacing[0] > 0 for lv in priors.levels) else None
+    if spacing is None:
+        return None
+    scale = sum(hw[1] for hw in obs.input_hw) / len(obs.input_hw) / priors.frame_hw[1]
+    return spacing * scale
 
 
 def static_checks(model: nn.Module, images: Any, targets: Any, *, task: str = "detection", num_classes: int | None = None,
                   loss_fn: LossFn | None = None, background_label: bool | None = None,
-                  optimizer: torch.optim.Optimizer | None = None) -> tuple[list[Finding], Observation | None]:
-    """One set of probe forwards, then every probe-stage check. Returns (findings, observation)."""
-    findings: list[Finding] = []
+                  optimizer: torch.optim.Optimizer | None = None, ignore_index: int = 255,
+                  void_value: int | None = None) -> tuple[list[Finding], Observation | None]:
+    """One set of probe forwards and experiments, then every probe-stage check. Returns (findings, observation).
+    `ignore_index`: the label the (default) segmentation loss ignores; `void_value`: the dataset's void value in
+    the masks, for the void experiment (defaults to ignore_index)."""
     if background_label is None and task == "detection":
         background_label = uses_background_label(model)
-    io = ModelIO(task, loss_fn)
+    io = ModelIO(task, loss_fn, ignore_index)
     try:
-        obs = run_probes(model, io, images, targets)
+        obs = run_probes(model, io, images, targets, void_value=ignore_index if void_value is None else void_value)
     except Exception as exc:  # noqa: BLE001
         return [check_failed("probe.run_probes", exc)], None
-    for name, failure in obs.failures.items():
-        findings.append(check_failed(f"probe.{name}", RuntimeError(failure)))
     detection = task == "detection"
-    findings += run_stage(
-        "probe", model=model, obs=obs, io=io, images=images, num_classes=num_classes, optimizer=optimizer, task=task,
-        targets=targets if detection else None, image_sizes=image_sizes(images) if detection else None,
-        background_label=bool(background_label), min_size=(smallest_anchor_stride(obs) or 8.0) if detection else None)
+    findings = run_stage(
+        "probe", model=model, obs=obs, io=io, images=images, targets=targets, num_classes=num_classes,
+        optimizer=optimizer, task=task, image_sizes=image_sizes(images) if detection else None,
+        background_label=background_label, min_size=(smallest_prior_stride_in_image(obs) or 8.0) if detection else None)
+    # a check that needed a failed pass says nothing new: the failure is a finding of its own
+    findings = [f for f in findings if not (f.id == "check.failed" and f.evidence.get("exception") == "ProbePassFailed")]
     return sort_findings(dedupe(findings)), obs

@@ -1,26 +1,30 @@
-"""Anchors vs data and vs the measured feature strides; the IoU of the positives the matcher picks.
+"""Priors (anchors, default boxes) against the data and the image they tile; the IoU of the positives
+a matcher picks; whether the loss's assignment follows the objects at all.
 
-Best possible recall (BPR): the fraction of ground-truth boxes that at least one anchor
-overlaps at IoU >= 0.5 — the positive threshold of SSD and RetinaNet's matchers. A box no
-anchor reaches can only be learned through a low-quality match, or not at all.
+The priors are found by measurement (visiondoctor.doctor.priors), whatever holds them. Best
+possible recall (BPR): the share of ground-truth boxes that some prior overlaps at IoU >= 0.5, the
+positive threshold of SSD and RetinaNet's matchers; a box no prior reaches is learned only through
+a forced low-quality match, or not at all.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 from torchvision.ops import box_iou
 
-from visiondoctor.doctor import introspect
 from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
-from visiondoctor.doctor.hooks import AnchorRecord, MatchStats
+from visiondoctor.doctor.hooks import MatchStats
+from visiondoctor.doctor.priors import Priors, boxes_in_frame
 from visiondoctor.doctor.probe import Observation
 
-BPR_ERROR = 0.5  # fewer than half the objects reachable: the detector cannot learn most of them
-BPR_WARNING = 0.9  # YOLOv5's autoanchor re-fits anchors below 0.98; we warn a little lower
-STRIDE_TOLERANCE = 0.1  # relative disagreement between anchor spacing and feature stride
+# IoU matchers: at >= 0.5 a prior is a positive (SSD, RetinaNet), below 0.4 (RetinaNet) or 0.3 (RPN) it is
+# background; an object whose best prior lies below these is learned only through a forced match.
+NEGATIVE_IOU = 0.4
+UNREACHABLE_IOU = 0.3
+WARN_SHARE = 0.1
+STRIDE_TOLERANCE = 0.1  # relative disagreement between the span of a prior grid and the image
 LOW_IOU = 0.1  # a "positive" that barely touches its object
 LOW_IOU_FRACTION_ERROR = 0.25
 
@@ -36,144 +40,108 @@ def _q(t: torch.Tensor, qs: tuple[float, ...] = (0.0, 0.1, 0.5, 0.9, 1.0)) -> li
     return [round(float(v), 2) for v in torch.quantile(t.float(), torch.tensor(qs))]
 
 
-def split_levels(rec: AnchorRecord, anchors: torch.Tensor) -> list[torch.Tensor]:
-    """Anchors of one image split per feature level (the order torchvision generators concatenate them)."""
-    counts = [h * w * a for h, w, a in rec.levels]
-    if not counts or sum(counts) != anchors.shape[0]:
-        return [anchors]
-    return list(torch.split(anchors, counts))
+def ground_truth_in_prior_frame(obs: Observation, priors: Priors) -> list[torch.Tensor]:
+    """The probe batch's boxes in the frame the priors live in."""
+    if obs.gt_in_model_frame:
+        return obs.gt_boxes
+    return [boxes_in_frame(b, hw, priors.frame_hw) for b, hw in zip(obs.gt_boxes, obs.input_hw)]
 
 
-def best_possible_recall(rec: AnchorRecord, gt_boxes: list[torch.Tensor], iou: float = 0.5) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """(BPR, best IoU per GT box, GT boxes) for one anchor generator's output."""
-    best, boxes = [], []
-    per_image = rec.anchors if len(rec.anchors) == len(gt_boxes) else [rec.anchors[0]] * len(gt_boxes)  # one set shared by the batch
-    for anchors, gt in zip(per_image, gt_boxes):
-        if gt.numel() == 0:
-            continue
-        m = box_iou(gt.float(), anchors.float().cpu())
-        best.append(m.max(dim=1).values)
-        boxes.append(gt)
-    if not best:
-        return float("nan"), torch.zeros(0), torch.zeros(0, 4)
-    b = torch.cat(best)
-    return float((b >= iou).float().mean()), b, torch.cat(boxes)
+def best_prior_iou(priors: Priors, gt_boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best IoU of each ground-truth box with any prior, the boxes), over the batch."""
+    boxes = [g for g in gt_boxes if g.numel()]
+    if not boxes:
+        return torch.zeros(0), torch.zeros(0, 4)
+    gt = torch.cat(boxes)
+    return box_iou(gt, priors.boxes).max(dim=1).values, gt
 
 
 @check("probe", order=20, findings=[FindingDoc(
-    "anchors.coverage", "anchors cannot reach the ground-truth boxes (low best possible recall)",
-    "best possible recall: the share of ground-truth boxes (in the frame the priors live in) that at least one of "
-    "the model's own priors overlaps at IoU >= 0.5", needs="priors returned by a module named like anchor/prior or a "
-    "torchvision anchor generator", severity="warning below 0.9, error below 0.5")])
-def check_anchor_coverage(model: nn.Module, obs: Observation, iou: float = 0.5) -> list[Finding]:
-    """anchors.coverage: BPR of the model's own anchors on the probe batch's boxes (in the frame the anchors live in)."""
-    obs.require("train")
-    if obs.task != "detection" or not obs.anchors or introspect.is_anchor_free(model):
+    "anchors.coverage", "the priors cannot reach the ground-truth boxes",
+    "the best IoU of every ground-truth box (in the frame the priors live in) with the model's priors, found by "
+    "measurement: the [N, 4] box sets its forward uses that do not depend on the image (a buffer, a tensor "
+    "attribute, an anchor module's or a helper function's output); best possible recall at IoU 0.5 as evidence",
+    needs="the contract only (priors are found in the forward, whatever holds them; none for anchor-free models)",
+    severity=f"error when more than half the objects have best IoU < {UNREACHABLE_IOU} (reachable only by forced "
+             f"matches); warning when more than {WARN_SHARE:.0%} have best IoU < {NEGATIVE_IOU} (where IoU matchers "
+             "call a prior background)")])
+def check_anchor_coverage(obs: Observation) -> list[Finding]:
+    """anchors.coverage on the measured priors and the probe batch's boxes."""
+    priors = obs.priors
+    if obs.task != "detection" or priors is None or priors.point_grid:
         return []
-    findings = []
-    for rec in _one_per_module(obs.anchors):
-        bpr, best, gt = best_possible_recall(rec, obs.gt_boxes, iou)
-        if bpr != bpr or bpr >= BPR_WARNING:  # NaN: no boxes in the batch
-            continue
-        gt_sizes = _sizes(gt)
-        missed = gt_sizes[best < iou]
-        level_sizes = [_q(_sizes(lv), (0.0, 1.0)) for lv in split_levels(rec, rec.anchors[0].cpu())]
-        strides = _level_strides(rec)
-        smallest = min((s[0] for s in level_sizes if s), default=float("nan"))
-        suggested = sorted({int(round(v)) for v in _q(gt_sizes, (0.1, 0.5, 0.9))})
-        findings.append(Finding(
-            id="anchors.coverage",
-            severity="error" if bpr < BPR_ERROR else "warning",
-            title=f"The anchors reach only {bpr:.0%} of the objects at IoU {iou}: "
-                  + ("most objects are smaller than the smallest anchor" if missed.numel() and float(missed.median()) < smallest
-                     else "anchor sizes or shapes do not fit the boxes"),
-            evidence={
-                "best_possible_recall": round(bpr, 3), "iou_threshold": iou, "num_boxes": int(gt.shape[0]),
-                "box_size_px_quantiles_0_10_50_90_100": _q(gt_sizes),
-                "missed_box_size_px_quantiles": _q(missed),
-                "anchor_size_px_min_max_per_level": level_sizes,
-                "measured_stride_per_level": strides,
-                "best_iou_median": round(float(best.median()), 3),
-            },
-            cause="A ground-truth box becomes a positive only through an anchor that overlaps it; "
-                  "boxes no anchor reaches at the matcher's threshold are never (or only weakly) learned.",
-            fix=f"Set anchor sizes near the box sizes (sqrt(w*h) quantiles 10/50/90%: {suggested} px in the model's input frame), "
-                "add a finer feature level (smaller stride) for small objects, or resize images so objects are larger.",
-            where=rec.module,
-        ))
-    return findings
-
-
-def _one_per_module(records: list[AnchorRecord]) -> list[AnchorRecord]:
-    seen, out = set(), []
-    for r in records:
-        if r.module not in seen:
-            seen.add(r.module)
-            out.append(r)
-    return out
-
-
-def _level_strides(rec: AnchorRecord) -> list[float]:
-    if rec.image_hw is None:
+    best, gt = best_prior_iou(priors, ground_truth_in_prior_frame(obs, priors))
+    if best.numel() == 0:
         return []
-    return [round(rec.image_hw[1] / w, 2) for _, w, _ in rec.levels]
-
-
-def _centre_spacing(level: torch.Tensor) -> float | None:
-    cx = torch.unique(((level[:, 0] + level[:, 2]) / 2).round(decimals=2))
-    if cx.numel() < 2:
-        return None
-    return float(torch.diff(torch.sort(cx).values).median())
+    unreachable = float((best < UNREACHABLE_IOU).float().mean())
+    weak = float((best < NEGATIVE_IOU).float().mean())
+    if unreachable <= 0.5 and weak <= WARN_SHARE:
+        return []
+    gt_sizes = _sizes(gt)
+    prior_sizes = _sizes(priors.boxes)
+    small = float(gt_sizes[best < NEGATIVE_IOU].median()) < float(prior_sizes.min()) if bool((best < NEGATIVE_IOU).any()) else False
+    suggested = sorted({int(round(v)) for v in _q(gt_sizes, (0.1, 0.5, 0.9))})
+    bpr = float((best >= 0.5).float().mean())
+    return [Finding(
+        id="anchors.coverage",
+        severity="error" if unreachable > 0.5 else "warning",
+        title=f"The priors reach only {bpr:.0%} of the objects at IoU 0.5; {weak:.0%} have no prior above IoU "
+              f"{NEGATIVE_IOU}: " + ("the objects are smaller than the smallest prior" if small
+                                     else "prior sizes or shapes do not fit the boxes"),
+        evidence={
+            "best_possible_recall_iou_0.5": round(bpr, 3), f"share_best_iou_below_{NEGATIVE_IOU}": round(weak, 3),
+            f"share_best_iou_below_{UNREACHABLE_IOU}": round(unreachable, 3), "num_boxes": int(gt.shape[0]),
+            "best_iou_quantiles_0_10_50_90_100": _q(best), "box_size_px_quantiles_0_10_50_90_100": _q(gt_sizes),
+            "prior_size_px_quantiles_0_10_50_90_100": _q(prior_sizes), "priors": int(priors.boxes.shape[0]),
+            "prior_frame_hw": list(priors.frame_hw), "prior_format_found": priors.source_format,
+            "prior_grid_spacing_per_shape": sorted({lv.spacing[0] for lv in priors.levels}),
+        },
+        cause="A ground-truth box becomes a positive only through a prior that overlaps it; boxes that no prior "
+              "reaches are learned only through a forced low-quality match, or not at all, and the regressor must "
+              "move a distant box all the way.",
+        fix=f"Set the prior sizes near the box sizes (sqrt(w*h) quantiles 10/50/90%: {suggested} px in the model's "
+            "input frame), add a finer level (smaller stride) for small objects, or resize images so objects are "
+            "larger (visiondoctor fits the priors of its own models to the data: model.auto_priors).",
+        where="priors")]
 
 
 @check("probe", order=21, findings=[FindingDoc(
-    "anchors.stride-mismatch", "anchor base size or grid stride disagrees with the measured feature stride",
-    "spacing of the prior centres per level against the stride measured from the feature map they tile, and the "
-    "share of the image they tile", needs="priors returned by a module named like anchor/prior or a torchvision "
-    "anchor generator", severity="error")])
-def check_anchor_strides(model: nn.Module, obs: Observation) -> list[Finding]:
-    """anchors.stride-mismatch: anchor-centre spacing per level vs the stride measured from the feature map it tiles."""
-    obs.require("train")
-    if obs.task != "detection" or introspect.is_anchor_free(model):
+    "anchors.stride-mismatch", "the prior grid does not line up with the image it should tile",
+    "for each prior shape, the spacing of the prior centres and the span the grid covers, against the frame "
+    "the priors live in (a grid laid with a stride other than the feature map's spans more or less than the image)",
+    needs="the contract only (priors found in the forward)", severity="error")])
+def check_anchor_strides(obs: Observation) -> list[Finding]:
+    """anchors.stride-mismatch: prior grids that tile more or less than the image."""
+    priors = obs.priors
+    if obs.task != "detection" or priors is None:
         return []
-    findings = []
-    for rec in _one_per_module(obs.anchors):
-        if rec.image_hw is None or not rec.levels:
-            continue
-        levels = split_levels(rec, rec.anchors[0].cpu())
-        if len(levels) != len(rec.levels):
-            continue
-        bad = []
-        for (h, w, _a), lv in zip(rec.levels, levels):
-            stride = rec.image_hw[1] / w
-            spacing = _centre_spacing(lv)
-            if spacing is None:
-                continue
-            cx = (lv[:, 0] + lv[:, 2]) / 2
-            extent = float((cx.max() - cx.min() + spacing) / rec.image_hw[1])
-            if abs(spacing / stride - 1) > STRIDE_TOLERANCE or extent < 1 - STRIDE_TOLERANCE:
-                bad.append({"feature_hw": [h, w], "measured_stride": round(stride, 2),
-                            "anchor_spacing": round(spacing, 2), "fraction_of_width_tiled": round(extent, 2)})
-        if bad:
-            findings.append(Finding(
-                id="anchors.stride-mismatch",
-                severity="error",
-                title=f"Anchor centres are spaced {bad[0]['anchor_spacing']} px apart on a feature map of stride "
-                      f"{bad[0]['measured_stride']} px: anchors and feature cells do not line up",
-                evidence={"levels": bad, "image_hw": list(rec.image_hw)},
-                cause="The anchor grid was built with a stride (or 'steps') that is not the backbone's real stride, "
-                      "so the prediction at a cell is trained against an anchor somewhere else, and part of the image has no anchors.",
-                fix="Derive anchor strides from the feature-map sizes (torchvision's AnchorGenerator does), or set the "
-                    "generator's stride/steps to the measured strides listed in the evidence.",
-                where=rec.module,
-            ))
-    return findings
+    h, w = priors.frame_hw
+    bad = [{"prior_size": [round(v, 1) for v in lv.size], "feature_hw": [lv.grid[1], lv.grid[0]],
+            "measured_stride": round(w / lv.grid[0], 2), "anchor_spacing": round(lv.spacing[0], 2),
+            "fraction_of_width_tiled": round(lv.extent[0] / w, 2), "fraction_of_height_tiled": round(lv.extent[1] / h, 2)}
+           for lv in priors.levels if lv.grid[0] > 1 and lv.grid[1] > 1
+           and (abs(lv.extent[0] / w - 1) > STRIDE_TOLERANCE or abs(lv.extent[1] / h - 1) > STRIDE_TOLERANCE)]
+    if not bad:
+        return []
+    first = bad[0]
+    return [Finding(
+        id="anchors.stride-mismatch", severity="error",
+        title=f"Prior centres are spaced {first['anchor_spacing']} px on a {first['feature_hw'][1]}x{first['feature_hw'][0]} "
+              f"grid of stride {first['measured_stride']} px: they tile {first['fraction_of_width_tiled']:.0%} of the image "
+              "width, so priors and feature cells do not line up",
+        evidence={"levels": bad[:8], "image_hw": [h, w]},
+        cause="The prior grid was built with a stride (or 'steps') that is not the feature map's real stride: the "
+              "prediction made at a cell is trained against a prior somewhere else, and part of the image has none.",
+        fix="Derive the prior stride from the measured feature-map size (image size / feature size), as "
+            "torchvision's anchor generators do, instead of a constant.",
+        where="priors")]
 
 
 @check("monitor", order=40, findings=[FindingDoc(
     "assignment.low-iou-positives", "positives are matched at low IoU (or at random)",
-    "the IoU of every positive a matcher returns with the box it was assigned, read from the IoU matrix it is "
-    "called with", needs="a matcher object (type name ending in Matcher) called with an IoU matrix",
+    "the IoU of every positive a matcher object returns with the box it was assigned, read from the IoU matrix it "
+    "is called with (adds detail to assignment.location-blind, which needs no matcher)",
+    needs="a matcher object (a callable attribute whose type name ends in Matcher) called with an IoU matrix",
     severity="error when more than 25 % of positives have IoU < 0.1; warning when no positive is found")])
 def positives_findings(matches: Mapping[str, list[MatchStats]], match_step: int | None = None) -> list[Finding]:
     """assignment.low-iou-positives from recorded matcher calls (probe or training monitor)."""
@@ -219,3 +187,31 @@ def positives_findings(matches: Mapping[str, list[MatchStats]], match_step: int 
 def check_matched_positives(obs: Observation) -> list[Finding]:
     obs.require("train")
     return positives_findings(obs.matches)
+
+
+@check("probe", order=23, findings=[FindingDoc(
+    "assignment.location-blind", "the training targets do not follow the objects (random, round-robin, fixed slots)",
+    "every loss component with the true boxes and with the same boxes moved elsewhere in their images, under the "
+    "same random state: a component that does not change at all has targets that ignore where the objects are",
+    needs="the contract only (images, targets -> losses)", severity="error")])
+def check_location_blind_assignment(obs: Observation) -> list[Finding]:
+    """assignment.location-blind from the moved-boxes experiment (visiondoctor.doctor.experiments)."""
+    response = obs.assignment
+    if response is None or not response.invariant:
+        return []
+    names = response.invariant
+    return [Finding(
+        id="assignment.location-blind", severity="error",
+        title=f"The loss component{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)} "
+              f"{'do' if len(names) > 1 else 'does'} not change when every object moves: "
+              "the positives are assigned without regard to where the objects are",
+        evidence=response.to_evidence(),
+        cause="When the boxes move to other places of the same images, a loss whose positives are chosen by overlap "
+              "with the boxes changes (other locations become positives); this one gives exactly the same value "
+              "under the same random state, so its positives are drawn at random, handed out in turn, or put in "
+              "fixed slots. The classifier then learns the average positive rate, not where objects are, and the "
+              "box regressor is trained towards boxes far away.",
+        fix="Assign positives by IoU between the priors (or grid cells) and the ground-truth boxes, e.g. "
+            "torchvision.ops.box_iou with a threshold and the best prior of each box, and build the class and box "
+            "targets from that match.",
+        where=", ".join(names))]

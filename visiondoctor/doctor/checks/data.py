@@ -123,16 +123,18 @@ def check_boxes(table: BoxTable, min_size: float = 8.0) -> list[Finding]:
     return findings
 
 
-def check_label_zero(labels: Sequence[int], background_label: bool = True, where: str = "targets") -> list[Finding]:
-    """data.label-zero-background: a real object carries label 0, which torchvision detectors reserve for background."""
-    if not background_label:
+def check_label_zero(labels: Sequence[int], background_label: bool | None = True, where: str = "targets") -> list[Finding]:
+    """data.label-zero-background: a real object carries label 0, which torchvision detectors reserve for background.
+    `background_label` None (a model that does not say): a warning, since most detectors reserve 0."""
+    if background_label is False:
         return []
     zero = sum(1 for v in labels if int(v) == 0)
     if zero == 0:
         return []
     return [Finding(
-        id="data.label-zero-background", severity="error",
-        title=f"{zero} objects have label 0, which the detector treats as background",
+        id="data.label-zero-background", severity="error" if background_label else "warning",
+        title=f"{zero} objects have label 0, which the detector treats as background"
+              + ("" if background_label else " (if it reserves 0 for background, as most detectors do)"),
         evidence={"objects_with_label_0": zero, "num_objects": len(labels), "labels_seen": sorted(set(int(v) for v in labels))[:20]},
         cause="torchvision detectors (Faster R-CNN, RetinaNet, SSD, FCOS) reserve label 0 for background: objects "
               "labelled 0 are trained as background and never detected.",
@@ -201,7 +203,7 @@ DATA_DOCS = [
 
 
 @check("data", order=10, findings=DATA_DOCS)
-def check_index(index: DetectionIndex, category_map: CategoryMap | None = None, background_label: bool = True,
+def check_index(index: DetectionIndex, category_map: CategoryMap | None = None, background_label: bool | None = None,
                 min_size: float = 8.0) -> list[Finding]:
     """All data checks on a split, in the labels the model will see when `category_map` is given."""
     findings = check_categories(index) + check_boxes(table_from_index(index), min_size)
@@ -212,7 +214,7 @@ def check_index(index: DetectionIndex, category_map: CategoryMap | None = None, 
 
 
 @check("probe", order=10, findings=[d.id for d in DATA_DOCS if d.id not in ("data.empty-category", "data.class-imbalance")])
-def check_targets(targets: Sequence[dict], image_sizes: Sequence[tuple[int, int]], background_label: bool = True,
+def check_targets(targets: Sequence[dict], image_sizes: Sequence[tuple[int, int]], background_label: bool | None = None,
                   min_size: float = 8.0) -> list[Finding]:
     """All data checks on a batch of torchvision-style targets (boxes xyxy pixels, labels)."""
     table = table_from_targets(targets, image_sizes)

@@ -1,0 +1,172 @@
+"""Find a detector's priors (anchors, default boxes) by measurement, whatever holds them.
+
+Priors are the box sets a detector's forward uses that do not depend on the image: a registered
+buffer, a plain tensor attribute, the output of an anchor module or of a helper function called in
+forward all qualify. `discover_priors` runs two eval forwards on images of the same size but
+different content, records every [N, 4] tensor that flows through an op (inputs and outputs, seen
+at the dispatcher), and keeps those identical in both runs that look like a set of boxes covering
+the image: the priors, in the frame of the image the first convolution sees (or normalised to it).
+
+What priors are made of is then measured too: the grid their centres tile (spacing, extent), their
+sizes, and whether they are a point grid (one prior per cell, as large as the cell: anchor-free
+detectors such as FCOS keep one for their centre sampling; IoU coverage does not apply to them).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from visiondoctor.doctor import hooks
+
+MIN_PRIORS = 8  # fewer than this is a constant (clip bounds, a mean), not a prior set
+MAX_PRIORS = 2_000_000
+
+
+class _BoxTensorRecorder(TorchDispatchMode):
+    """Every floating tensor shaped [..., N, 4] that an op reads or writes, in call order (detached copies)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: list[torch.Tensor] = []
+        self._seen: set[int] = set()
+
+    def _keep(self, t: Any) -> None:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2 or t.shape[-1] != 4:
+            return
+        rows = t.numel() // 4
+        if rows < MIN_PRIORS or rows > MAX_PRIORS or id(t) in self._seen:
+            return
+        self._seen.add(id(t))
+        self.tensors.append(t.detach().reshape(-1, 4).float().cpu().clone())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        for a in (*args, *(kwargs or {}).values()):
+            if isinstance(a, (list, tuple)):
+                for item in a:
+                    self._keep(item)
+            else:
+                self._keep(a)
+        for o in out if isinstance(out, (list, tuple)) else (out,):
+            self._keep(o)
+        return out
+
+
+@dataclass
+class PriorLevel:
+    """Priors of one (width, height) shape: the grid their centres lie on."""
+
+    size: tuple[float, float]  # w, h in the frame
+    count: int
+    grid: tuple[int, int]  # distinct centre positions (columns, rows)
+    spacing: tuple[float, float]  # median distance between neighbouring centres (x, y)
+    extent: tuple[float, float]  # grid count x spacing: the span the grid tiles
+
+
+@dataclass
+class Priors:
+    boxes: torch.Tensor  # [N, 4] xyxy in the frame
+    frame_hw: tuple[int, int]  # the image size the priors live in (the first convolution's input)
+    source_format: str  # "xyxy" | "cxcywh", and "normalised" when given in 0..1
+    levels: list[PriorLevel] = field(default_factory=list)
+
+    @property
+    def point_grid(self) -> bool:
+        """One square prior per cell, as large as the cell: centre points (anchor-free), not boxes to match by IoU."""
+        return bool(self.levels) and all(
+            abs(lv.size[0] - lv.spacing[0]) <= 0.15 * lv.spacing[0] and abs(lv.size[1] - lv.spacing[1]) <= 0.15 * lv.spacing[1]
+            for lv in self.levels) and len({lv.spacing for lv in self.levels}) == len(self.levels)
+
+
+def _as_xyxy(t: torch.Tensor, frame_hw: tuple[int, int]) -> tuple[torch.Tensor, str] | None:
+    """The tensor as xyxy boxes in the frame, if it plausibly is a box set covering that frame."""
+    h, w = frame_hw
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    normalised = bool(t.abs().max() <= 1.5)
+    candidates = []
+    xyxy = t * scale if normalised else t
+    candidates.append((xyxy, "xyxy"))
+    cxcywh = torch.cat([t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2], 1)
+    candidates.append((cxcywh * scale if normalised else cxcywh, "cxcywh"))
+    for boxes, name in candidates:
+        wh = boxes[:, 2:] - boxes[:, :2]
+        if not bool(torch.isfinite(boxes).all()) or float((wh > 0).all(1).float().mean()) < 0.99:
+            continue
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = ((centres[:, 0] >= -0.1 * w) & (centres[:, 0] <= 1.1 * w) & (centres[:, 1] >= -0.1 * h)
+                  & (centres[:, 1] <= 1.1 * h)).float().mean()
+        spread_x = float(centres[:, 0].max() - centres[:, 0].min())
+        if inside >= 0.2 and spread_x >= 0.25 * w:  # centres spread over the image (a wrong stride may put most outside)
+            return boxes, name + (", normalised" if normalised else "")
+    return None
+
+
+def _levels(boxes: torch.Tensor) -> list[PriorLevel]:
+    wh = (boxes[:, 2:] - boxes[:, :2]).round(decimals=1)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    levels = []
+    shapes, inverse = torch.unique(wh, dim=0, return_inverse=True)
+    for k, (bw, bh) in enumerate(shapes.tolist()):
+        c = centres[inverse == k]
+        spans = []
+        for axis in (0, 1):
+            values = torch.unique(c[:, axis].round(decimals=2))
+            gap = float(torch.diff(values).median()) if values.numel() > 1 else 0.0
+            spans.append((int(values.numel()), gap))
+        levels.append(PriorLevel((bw, bh), int(c.shape[0]), (spans[0][0], spans[1][0]), (spans[0][1], spans[1][1]),
+                                 (spans[0][0] * spans[0][1], spans[1][0] * spans[1][1])))
+    return levels
+
+
+def _perturbed(images: Sequence[torch.Tensor] | torch.Tensor) -> Any:
+    """Images of the same sizes with other content (flipped and inverted), so image-dependent tensors differ."""
+    if isinstance(images, torch.Tensor):
+        return 1.0 - images.flip(-1)
+    return [1.0 - im.flip(-1) for im in images]
+
+
+def _record(model: nn.Module, predict: Any, images: Any) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
+    with torch.no_grad(), hooks.record_feature_maps(model) as feats, _BoxTensorRecorder() as rec:
+        predict(model, images)
+    return rec.tensors, feats.reference_hw
+
+
+def discover_priors(model: nn.Module, predict: Any, images: Sequence[torch.Tensor] | torch.Tensor) -> Priors | None:
+    """The model's priors (None when its forward uses none): `predict(model, images)` runs one eval forward."""
+    with hooks.preserved_state(model):
+        model.eval()
+        first, frame = _record(model, predict, images)
+        second, _ = _record(model, predict, _perturbed(images))
+    if frame is None:
+        return None
+    constant = [t for t in first if any(s.shape == t.shape and torch.equal(s, t) for s in second)]
+    found = [b for b in (_as_xyxy(t, frame) for t in constant) if b is not None and _tiles(b[0])]
+    if not found:
+        return None
+    boxes, fmt = max(found, key=lambda b: b[0].shape[0])  # the concatenated set of every level, when there is one
+    rows = {tuple(r) for r in boxes.round(decimals=2).tolist()}
+    for other, _ in found:  # levels kept apart (never concatenated) are added once each
+        extra = [r for r in other.round(decimals=2).tolist() if tuple(r) not in rows]
+        if extra and len(extra) == other.shape[0]:
+            boxes = torch.cat([boxes, other])
+            rows |= {tuple(r) for r in extra}
+    return Priors(boxes, frame, fmt, _levels(boxes))
+
+
+def _tiles(boxes: torch.Tensor) -> bool:
+    """A prior set lays each of its shapes on a grid: (almost) every box belongs to a shape whose centres form at
+    least a 2 x 2 grid (a handful of base boxes around one point, a clip bound or a mean are not priors)."""
+    on_grids = sum(lv.count for lv in _levels(boxes) if lv.grid[0] >= 2 and lv.grid[1] >= 2)
+    return on_grids >= 0.9 * boxes.shape[0]
+
+
+def boxes_in_frame(boxes: torch.Tensor, image_hw: tuple[int, int], frame_hw: tuple[int, int]) -> torch.Tensor:
+    """Ground-truth boxes of an image of `image_hw` in the frame the priors live in (the image the first
+    convolution sees: resized per axis to `frame_hw` when the model resizes internally)."""
+    sy, sx = frame_hw[0] / image_hw[0], frame_hw[1] / image_hw[1]
+    return boxes.float() * torch.tensor([sx, sy, sx, sy])
