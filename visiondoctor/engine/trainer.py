@@ -274,7 +274,6 @@ class Trainer:
         self.model.train()
         self._call("on_train_start")
         self._started, self._start_step = time.perf_counter(), state.step
-        self.window.restart_clock()
         budget_s = cfg.max_minutes * 60.0
         stopped_by = "epochs"
         metrics: dict[str, Any] = {}
@@ -282,33 +281,7 @@ class Trainer:
 
         with TrainProgress(enabled=self.is_main) as bar:
             while state.epoch < cfg.epochs and stopped_by == "epochs":
-                self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
-                self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
-                images_seen, epoch_start = 0, time.perf_counter()
-                batches_done = start_batch
-                self.window.restart_clock()
-                for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
-                    elapsed = self._elapsed()
-                    self._train_step(images, targets, elapsed, budget_s)
-                    batches_done = batch_index + 1
-                    self.window.add(state.log, _batch_len(images))
-                    images_seen += _batch_len(images)
-                    rate = images_seen * dist_utils.world_size() / max(1e-9, time.perf_counter() - epoch_start)
-                    eta = self._eta(budget_s)
-                    bar.update(eta.fraction, progress_text(state.step, self.total_steps, state.epoch + 1, cfg.epochs,
-                                                           eta, state.log.get("loss", float("nan")), rate))
-                    if cfg.log_every and state.step % cfg.log_every == 0:
-                        self._log_row(state.epoch + 1, budget_s)
-                    if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
-                        self._checkpoint(batch_index + 1, elapsed)
-                    time_up = bool(budget_s) and self._elapsed() >= budget_s
-                    stop, time_up = dist_utils.any_rank(state.stop, time_up)  # all ranks stop together
-                    if stop:
-                        stopped_by = self._callback_stop()
-                        break
-                    if time_up:
-                        stopped_by = "time"
-                        break
+                stopped_by, batches_done = self._train_epoch(bar, start_batch, budget_s)
                 start_batch = 0
                 epoch_done = stopped_by == "epochs"
                 self._log_row(state.epoch + 1, budget_s)  # the epoch's last steps: at least one row per epoch
@@ -316,8 +289,7 @@ class Trainer:
                     state.epoch += 1
                 epoch = state.epoch if epoch_done else state.epoch + 1  # the epoch these weights are in
                 self._call("on_epoch_end")
-                if stopped_by == "epochs" and dist_utils.any_rank(state.stop)[0]:  # asked at the epoch's end
-                    stopped_by = self._callback_stop()
+                stopped_by = self._stop_check(stopped_by)  # asked at the epoch's end
                 last = stopped_by != "epochs" or state.epoch >= cfg.epochs
                 elapsed = self._elapsed()
                 if last or state.epoch % max(1, cfg.eval_every) == 0:
@@ -325,8 +297,7 @@ class Trainer:
                         metrics = self._validate(elapsed, epoch)
                     if self._early_stop(metrics) and stopped_by == "epochs":
                         stopped_by = "early-stop"
-                    if stopped_by == "epochs" and dist_utils.any_rank(state.stop)[0]:  # asked after the evaluation
-                        stopped_by = self._callback_stop()
+                    stopped_by = self._stop_check(stopped_by)  # asked after the evaluation
                 if last or state.epoch % max(1, cfg.checkpoint_every) == 0 or stopped_by != "epochs":
                     self._checkpoint(0 if epoch_done else batches_done, elapsed)
                 self._write_history()
@@ -334,6 +305,43 @@ class Trainer:
         self._call("on_train_end")
         return TrainResult(state.step, state.epoch, self._elapsed(), self.best_metric, metrics, stopped_by,
                            self.history, state.stop_reason if stopped_by.startswith("callback") else None)
+
+    def _train_epoch(self, bar: TrainProgress, start_batch: int, budget_s: float) -> tuple[str, int]:
+        """The steps of one epoch from `start_batch`: returns why it ended ("epochs" when it ran
+        through, "time" or "callback..." when stopped) and the batches done."""
+        cfg, state = self.cfg, self.state
+        self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
+        self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
+        images_seen, epoch_start = 0, time.perf_counter()
+        batches_done = start_batch
+        self.window.restart_clock()
+        for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
+            elapsed = self._elapsed()
+            self._train_step(images, targets, elapsed, budget_s)
+            batches_done = batch_index + 1
+            self.window.add(state.log, _batch_len(images))
+            images_seen += _batch_len(images)
+            rate = images_seen * dist_utils.world_size() / max(1e-9, time.perf_counter() - epoch_start)
+            eta = self._eta(budget_s)
+            bar.update(eta.fraction, progress_text(state.step, self.total_steps, state.epoch + 1, cfg.epochs, eta,
+                                                   state.log.get("loss", float("nan")), rate))
+            if cfg.log_every and state.step % cfg.log_every == 0:
+                self._log_row(state.epoch + 1, budget_s)
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                self._checkpoint(batch_index + 1, elapsed)
+            time_up = bool(budget_s) and self._elapsed() >= budget_s
+            stop, time_up = dist_utils.any_rank(state.stop, time_up)  # all ranks stop together
+            if stop:
+                return self._callback_stop(), batches_done
+            if time_up:
+                return "time", batches_done
+        return "epochs", batches_done
+
+    def _stop_check(self, stopped_by: str) -> str:
+        """`stopped_by`, or the callback's stop when one asked since the last step (on any rank)."""
+        if stopped_by == "epochs" and dist_utils.any_rank(self.state.stop)[0]:
+            return self._callback_stop()
+        return stopped_by
 
     def _elapsed(self) -> float:
         """Seconds trained, over every session of this run."""
@@ -347,9 +355,11 @@ class Trainer:
         """`stopped_by` for a stop a callback asked for, with the reason it gave on whichever rank asked."""
         reasons = [r for r in dist_utils.all_gather_object(self.state.stop_reason) if r]
         self.state.stop_reason = reasons[0] if reasons else None
+        if not self.state.stop_reason:
+            return "callback"  # a plain stop (e.g. a step budget of the doctor's short runs): nothing to report
         if self.is_main:
-            log.warning("stopping at step %d: %s", self.state.step, self.state.stop_reason or "a callback asked to")
-        return f"callback: {self.state.stop_reason}" if self.state.stop_reason else "callback"
+            log.warning("stopping at step %d: %s", self.state.step, self.state.stop_reason)
+        return f"callback: {self.state.stop_reason}"
 
     def _log_row(self, epoch: int, budget_s: float) -> None:
         """A history "train" row of the steps since the last one: scalars averaged over the steps of
@@ -526,8 +536,11 @@ class Trainer:
             self._safe(cb, hook, self.state)
 
     def _safe(self, cb: Callback, hook: str, *args: Any) -> None:
+        method = getattr(cb, hook, None)  # a callback that does not subclass Callback may lack a hook
+        if method is None:
+            return
         try:
-            getattr(cb, hook)(*args)
+            method(*args)
         except Exception as exc:  # a failing check must never stop the run
             errors = self.state.extra.setdefault("callback_errors", [])
             errors.append(f"{type(cb).__name__}.{hook}: {exc.__class__.__name__}: {exc}")
