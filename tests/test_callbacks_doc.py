@@ -20,7 +20,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "callbacks.md"
 
 
 def _examples() -> dict[str, str]:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
     return {name: next(b for b in blocks if f"import {name}" in b) for name in ("wandb", "mlflow")}
 
 
@@ -40,9 +40,12 @@ class Recorder(types.ModuleType):
 def _tiny_train(task, cfg, resume=False, callbacks=()):
     torch.manual_seed(0)
     small = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, device="cpu", amp="off", monitors=False, log_every=2)
-    evaluate = lambda m: {"map": 0.5, "per_class": {"square": {"ap": 0.5, "ap50": 0.7}}}  # noqa: E731
-    return Trainer(tiny_ssd(), SquaresDataset(8), small, collate_fn=collate_detection, evaluate_fn=evaluate,
+    return Trainer(tiny_ssd(), SquaresDataset(8), small, collate_fn=collate_detection, evaluate_fn=_metrics,
                    callbacks=callbacks).fit()
+
+
+def _metrics(model) -> dict:
+    return {"map": 0.5, "per_class": {"square": {"ap": 0.5, "ap50": 0.7}}}
 
 
 @pytest.mark.parametrize("package", ["wandb", "mlflow"])
@@ -50,7 +53,8 @@ def test_the_tracking_examples_log_history_rows(package, monkeypatch):
     module = Recorder(package)
     monkeypatch.setitem(sys.modules, package, module)
     monkeypatch.setattr(pipeline, "train", _tiny_train)
-    exec(compile(_examples()[package], f"docs/callbacks.md ({package})", "exec"), {"__name__": "example"})
+    # the documentation's own code, run as a user would paste it
+    exec(compile(_examples()[package], f"docs/callbacks.md ({package})", "exec"), {"__name__": "example"})  # noqa: S102
     names = [c[0] for c in module.calls]
     logged = [c for c in module.calls if c[0] in ("log", "log_metrics")]
     assert [c[2]["step"] for c in logged] == [2, 2, 4, 4]  # train and val rows, at their steps

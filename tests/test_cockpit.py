@@ -22,8 +22,16 @@ from tests.tinyruns import SHAPES_96
 from visiondoctor.config import TrainConfig, load_config
 from visiondoctor.data.dataset import collate_detection
 from visiondoctor.engine.callbacks import Callback, TrainState
-from visiondoctor.engine.progress import (Eta, TrainProgress, console, format_duration, live, progress_text,
-                                          setup_logging, time_remaining)
+from visiondoctor.engine.progress import (
+    Eta,
+    TrainProgress,
+    console,
+    format_duration,
+    live,
+    progress_text,
+    setup_logging,
+    time_remaining,
+)
 from visiondoctor.engine.trainer import Trainer, eval_summary
 from visiondoctor.report.curves import curve
 from visiondoctor.report.inputs import read_history
@@ -34,7 +42,8 @@ STEPS_PER_EPOCH = 4  # SquaresDataset(16) in batches of 4
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(epochs=3, batch_size=4, lr=0.01, warmup_steps=2, device="cpu", amp="off", seed=0, monitors=False)
+    base = {"epochs": 3, "batch_size": 4, "lr": 0.01, "warmup_steps": 2, "device": "cpu", "amp": "off", "seed": 0,
+            "monitors": False}
     base.update(kw)
     return TrainConfig(**base)
 

@@ -112,7 +112,7 @@ class TrainProgress:
                                  disable=not (enabled and live()), transient=True)
         self.task = self.progress.add_task("starting", total=1.0)
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         self.progress.start()
         return self
 
@@ -127,7 +127,8 @@ class TrainProgress:
         finally:
             self.progress.start()
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.progress.stop()
 
 
