@@ -380,7 +380,8 @@ class Trainer:
             parts = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
             text = progress_text(self.state.step, self.total_steps, epoch, self.cfg.epochs, self._eta(budget_s),
                                  row.get("loss", float("nan")), row["images_per_s"])
-            log.info("%s  (%s)  lr %.4g  grad norm %.3g", text, parts, row["lr"], row.get("grad_norm", float("nan")))
+            log.info("%s%s  lr %.4g  grad norm %.3g", text, f"  ({parts})" if parts else "", row["lr"],
+                     row.get("grad_norm", float("nan")))
         for cb in self.callbacks:
             self._safe(cb, "on_log", self.state, row)
 
