@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ from visiondoctor.data.synth import generate
 from visiondoctor.data.validate import convert, format_report, validate
 from visiondoctor.doctor.zoo import ZOO, evaluate_case
 from visiondoctor.early_exit.analysis import calibrate_and_analyse
-from visiondoctor.engine import distributed
+from visiondoctor.engine import distributed, progress
 from visiondoctor.engine.checkpoint import CheckpointError
 from visiondoctor.incremental.task import IncrementalOptions, run_phases
 from visiondoctor.models.detection import WeightsUnavailable
@@ -398,7 +397,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    progress.setup_logging(args.verbose)  # rich, on the console the progress bars draw on
     try:
         with forbid_unpickling():  # pretrained weights and checkpoints: tensors only, never pickled objects
             return COMMANDS[args.command](args)

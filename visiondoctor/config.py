@@ -57,7 +57,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     monitors: bool = True  # the doctor's training monitors
-    tensorboard: bool = False
+    tensorboard: bool = False  # event files in <run>/tensorboard (needs the tensorboard extra)
+    log_every: int = 50  # steps per history "train" row (averaged); also one at every epoch end; 0 = per epoch only
+    stop_on: str = "never"  # error | warning | never: stop the run when the doctor raises a finding this severe
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int = 0  # also mid-epoch, for crash safety on long epochs; 0 = off
     channels_last: str = "auto"  # auto (on for convolutional models on CUDA) | on | off

@@ -2,7 +2,8 @@
 
 Every hook receives the `TrainState`, a plain record of what the loop knows now; hooks
 write what they measure into `state.log` (an event storage, as in Detectron2), which the
-trainer flushes into history.csv.
+trainer averages over `train.log_every` steps into history.csv rows (passed to `on_log`).
+docs/callbacks.md lists the hooks and fields, with W&B and MLflow examples.
 """
 from __future__ import annotations
 
@@ -26,8 +27,14 @@ class TrainState:
     loss: "torch.Tensor | None" = None  # weighted total that was backpropagated
     grad_norm: float | None = None
     log: dict[str, float] = field(default_factory=dict)  # scalars for history, cleared each step
-    stop: bool = False  # a callback may ask the loop to stop
+    stop: bool = False  # a callback may ask the loop to stop (prefer request_stop, which says why)
+    stop_reason: str | None = None  # why; recorded as TrainResult.stopped_by "callback: <reason>"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after this step (or this evaluation); it still evaluates, writes
+        its last checkpoint and history, and records `reason` in train_result.json."""
+        self.stop, self.stop_reason = True, reason
 
 
 class Callback:
@@ -40,5 +47,6 @@ class Callback:
     def after_backward(self, state: TrainState) -> None: ...
     def after_step(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_log(self, state: TrainState, row: dict[str, Any]) -> None: ...  # a history row, train or val
     def on_eval_end(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
     def on_train_end(self, state: TrainState) -> None: ...

@@ -4,9 +4,11 @@ It is task-agnostic: a task hands it a model, a dataset with its collate functio
 `loss_fn(model, images, targets) -> {name: loss}` and an `evaluate_fn(model) -> metrics`.
 The loop does what every run needs done right once: the whole forward and loss under
 autocast on GPU, warmup + cosine (over steps or the wall-clock budget, whichever binds),
-gradient clipping, EMA, per-component loss history, atomic checkpoints with exact resume
-(same step, optimizer, scaler and data order), early stopping, DDP under torchrun, and
-the hook points through which the doctor's monitors watch the run.
+gradient clipping, EMA, per-component loss history (a row every `train.log_every` steps),
+atomic checkpoints with exact resume (same step, optimizer, scaler and data order), early
+stopping, DDP under torchrun, a live console (progress with the time remaining, each
+evaluation's metrics), TensorBoard, and the hook points through which the doctor's monitors
+and the user's callbacks (docs/callbacks.md) watch the run and may stop it.
 """
 from __future__ import annotations
 
@@ -28,13 +30,17 @@ from visiondoctor.config import TrainConfig
 from visiondoctor.engine import distributed as dist_utils
 from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.engine.checkpoint import load_latest, save_checkpoint
-from visiondoctor.engine.progress import EpochProgress
+from visiondoctor.engine.progress import Eta, TrainProgress, progress_text, time_remaining, track
+from visiondoctor.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
+from visiondoctor.report.common_sections import KEY_METRICS
 from visiondoctor.rundir import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any, Any], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], dict[str, Any]]
+STOP_ON = ("error", "warning", "never")
+EVAL_LINE_METRICS = 4  # metrics on an evaluation's console line: the primary one first
 
 
 def loss_column(name: str) -> str:
@@ -125,8 +131,32 @@ class TrainResult:
     elapsed_s: float
     best_metric: float | None
     metrics: dict[str, Any]
-    stopped_by: str  # epochs | time | early-stop | callback
+    stopped_by: str  # epochs | time | early-stop | callback | "callback: <reason>"
     history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None  # the reason a callback gave (TrainState.request_stop)
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last history row on this rank: summed scalars, steps, images, seconds."""
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0  # before `clock`, e.g. trained before a resume
+    clock: float = field(default_factory=time.perf_counter)
+
+    def add(self, scalars: dict[str, float], images: int) -> None:
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.images += images
+
+    def restart_clock(self) -> None:
+        """Time spent outside training steps (evaluation, a resume) does not count as training time."""
+        self.clock = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.clock
 
 
 class Trainer:
@@ -147,6 +177,10 @@ class Trainer:
         run_dir: Path | None = None,
         workers: int = 0,
     ):
+        if cfg.stop_on not in STOP_ON:
+            raise ValueError(f"train.stop_on={cfg.stop_on!r}: expected one of {', '.join(STOP_ON)}")
+        if cfg.log_every < 0:
+            raise ValueError(f"train.log_every={cfg.log_every}: expected a number of steps >= 0 (0 = once per epoch)")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = dist_utils.prepare_model(model.to(self.device), self.device, cfg.sync_bn)
@@ -159,6 +193,11 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir else None
         self.is_main = dist_utils.is_main()
+        # Public so that the caller can add the doctor's findings and drawn predictions once the run is evaluated.
+        self.tensorboard = (TensorBoardLogger(self.run_dir / TENSORBOARD_DIR)
+                            if cfg.tensorboard and self.run_dir is not None and self.is_main else None)
+        if self.tensorboard is not None:
+            self.callbacks.append(self.tensorboard)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -192,6 +231,9 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds trained before a resume
         self.best_metric: float | None = None
         self.evals_without_improvement = 0
+        self.window = LogWindow()  # steps not yet in a history row
+        self._started = time.perf_counter()  # of this session (fit)
+        self._start_step = 0
 
     # ----- public -----------------------------------------------------------------------------
     @property
@@ -219,6 +261,7 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.best_metric = ckpt.get("best_metric")
         self.evals_without_improvement = int(ckpt.get("evals_without_improvement", 0))
+        self.window = _restored_window(ckpt.get("log_window"), self.is_main)
         per_rank = ckpt.get("rng_cpu_per_rank") or []
         same_world = len(per_rank) == dist_utils.world_size()
         torch.set_rng_state((per_rank[dist_utils.rank()] if same_world else ckpt["rng_cpu"]).cpu())
@@ -230,69 +273,117 @@ class Trainer:
         cfg, state = self.cfg, self.state
         self.model.train()
         self._call("on_train_start")
-        started = time.perf_counter()
+        self._started, self._start_step = time.perf_counter(), state.step
         budget_s = cfg.max_minutes * 60.0
         stopped_by = "epochs"
         metrics: dict[str, Any] = {}
         start_batch = int(state.extra.pop("batch_in_epoch", 0))
 
-        while state.epoch < cfg.epochs and stopped_by == "epochs":
-            self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
-            self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
-            sums: dict[str, float] = {}
-            count, images_seen, epoch_start = 0, 0, time.perf_counter()
-            batches_done = start_batch
-            with EpochProgress(state.epoch, cfg.epochs, len(self.train_loader), enabled=self.is_main) as bar:
-                for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
-                    elapsed = self.elapsed_before + time.perf_counter() - started
-                    self._train_step(images, targets, elapsed, budget_s)
-                    batches_done = batch_index + 1
-                    for k, v in state.log.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    images_seen += _batch_len(images)
-                    rate = images_seen / max(1e-9, time.perf_counter() - epoch_start)
-                    bar.advance(state.log.get("loss", float("nan")), rate)
-                    if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
-                        self._checkpoint(batch_index + 1, elapsed)
-                    time_up = bool(budget_s) and self.elapsed_before + time.perf_counter() - started >= budget_s
-                    stop, time_up = dist_utils.any_rank(state.stop, time_up)  # all ranks stop together
-                    if stop:
-                        stopped_by = "callback"
-                        break
-                    if time_up:
-                        stopped_by = "time"
-                        break
-            start_batch = 0
-            epoch_done = stopped_by == "epochs"
-            if epoch_done:
-                state.epoch += 1
-            elapsed = self.elapsed_before + time.perf_counter() - started
-            # Losses averaged over every rank's steps, images counted over all ranks.
-            totals = dist_utils.sum_over_ranks({**sums, "_count": count, "_images": images_seen})
-            count, images_seen = int(totals.pop("_count")), int(totals.pop("_images"))
-            row = {"epoch": state.epoch, "step": state.step, "split": "train", "elapsed_s": round(elapsed, 2),
-                   "lr": self.optimizer.param_groups[0]["lr"],
-                   "images_per_s": round(images_seen / max(1e-9, time.perf_counter() - epoch_start), 2)}
-            row.update({k: v / max(1, count) for k, v in totals.items()})
-            self.history.append(row)
-            if self.is_main:
-                parts = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
-                log.info("epoch %d step %d  loss %.4f (%s)  lr %.4g  %.1f img/s  %.0fs", state.epoch, state.step,
-                         row.get("loss", float("nan")), parts, row["lr"], row["images_per_s"], elapsed)
-            self._call("on_epoch_end")
-            last = not epoch_done or state.epoch >= cfg.epochs
-            if last or state.epoch % max(1, cfg.eval_every) == 0:
-                metrics = self._validate(elapsed)
-                if self._early_stop(metrics):
-                    stopped_by = "early-stop"
-            if last or state.epoch % max(1, cfg.checkpoint_every) == 0 or stopped_by != "epochs":
-                self._checkpoint(0 if epoch_done else batches_done, elapsed)
-            self._write_history()
+        with TrainProgress(enabled=self.is_main) as bar:
+            while state.epoch < cfg.epochs and stopped_by == "epochs":
+                stopped_by, batches_done = self._train_epoch(bar, start_batch, budget_s)
+                start_batch = 0
+                epoch_done = stopped_by == "epochs"
+                self._log_row(state.epoch + 1, budget_s)  # the epoch's last steps: at least one row per epoch
+                if epoch_done:
+                    state.epoch += 1
+                epoch = state.epoch if epoch_done else state.epoch + 1  # the epoch these weights are in
+                self._call("on_epoch_end")
+                stopped_by = self._stop_check(stopped_by)  # asked at the epoch's end
+                last = stopped_by != "epochs" or state.epoch >= cfg.epochs
+                elapsed = self._elapsed()
+                if last or state.epoch % max(1, cfg.eval_every) == 0:
+                    with bar.paused():  # the evaluation draws its own bar
+                        metrics = self._validate(elapsed, epoch)
+                    if self._early_stop(metrics) and stopped_by == "epochs":
+                        stopped_by = "early-stop"
+                    stopped_by = self._stop_check(stopped_by)  # asked after the evaluation
+                if last or state.epoch % max(1, cfg.checkpoint_every) == 0 or stopped_by != "epochs":
+                    self._checkpoint(0 if epoch_done else batches_done, elapsed)
+                self._write_history()
 
         self._call("on_train_end")
-        elapsed = self.elapsed_before + time.perf_counter() - started
-        return TrainResult(state.step, state.epoch, elapsed, self.best_metric, metrics, stopped_by, self.history)
+        return TrainResult(state.step, state.epoch, self._elapsed(), self.best_metric, metrics, stopped_by,
+                           self.history, state.stop_reason if stopped_by.startswith("callback") else None)
+
+    def _train_epoch(self, bar: TrainProgress, start_batch: int, budget_s: float) -> tuple[str, int]:
+        """The steps of one epoch from `start_batch`: returns why it ended ("epochs" when it ran
+        through, "time" or "callback..." when stopped) and the batches done."""
+        cfg, state = self.cfg, self.state
+        self.sampler.set_epoch(state.epoch, start_batch * self.train_loader.batch_size)
+        self.loader_rng.manual_seed((cfg.seed * 100_003 + state.epoch) * 1009 + dist_utils.rank())
+        images_seen, epoch_start = 0, time.perf_counter()
+        batches_done = start_batch
+        self.window.restart_clock()
+        for batch_index, (images, targets) in enumerate(self.train_loader, start=start_batch):
+            elapsed = self._elapsed()
+            self._train_step(images, targets, elapsed, budget_s)
+            batches_done = batch_index + 1
+            self.window.add(state.log, _batch_len(images))
+            images_seen += _batch_len(images)
+            rate = images_seen * dist_utils.world_size() / max(1e-9, time.perf_counter() - epoch_start)
+            eta = self._eta(budget_s)
+            bar.update(eta.fraction, progress_text(state.step, self.total_steps, state.epoch + 1, cfg.epochs, eta,
+                                                   state.log.get("loss", float("nan")), rate))
+            if cfg.log_every and state.step % cfg.log_every == 0:
+                self._log_row(state.epoch + 1, budget_s)
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                self._checkpoint(batch_index + 1, elapsed)
+            time_up = bool(budget_s) and self._elapsed() >= budget_s
+            stop, time_up = dist_utils.any_rank(state.stop, time_up)  # all ranks stop together
+            if stop:
+                return self._callback_stop(), batches_done
+            if time_up:
+                return "time", batches_done
+        return "epochs", batches_done
+
+    def _stop_check(self, stopped_by: str) -> str:
+        """`stopped_by`, or the callback's stop when one asked since the last step (on any rank)."""
+        if stopped_by == "epochs" and dist_utils.any_rank(self.state.stop)[0]:
+            return self._callback_stop()
+        return stopped_by
+
+    def _elapsed(self) -> float:
+        """Seconds trained, over every session of this run."""
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def _eta(self, budget_s: float) -> Eta:
+        return time_remaining(self.state.step, self.total_steps, self._elapsed(), budget_s,
+                              self._start_step, self.elapsed_before)
+
+    def _callback_stop(self) -> str:
+        """`stopped_by` for a stop a callback asked for, with the reason it gave on whichever rank asked."""
+        reasons = [r for r in dist_utils.all_gather_object(self.state.stop_reason) if r]
+        self.state.stop_reason = reasons[0] if reasons else None
+        if not self.state.stop_reason:
+            return "callback"  # a plain stop (e.g. a step budget of the doctor's short runs): nothing to report
+        if self.is_main:
+            log.warning("stopping at step %d: %s", self.state.step, self.state.stop_reason)
+        return f"callback: {self.state.stop_reason}"
+
+    def _log_row(self, epoch: int, budget_s: float) -> None:
+        """A history "train" row of the steps since the last one: scalars averaged over the steps of
+        every rank, images/s over all ranks, the current lr. Every rank calls it at the same steps."""
+        window = self.window
+        if window.steps == 0:  # the same count on every rank (also after a resume, see _restored_window)
+            return
+        totals = dist_utils.sum_over_ranks({**window.sums, "_count": window.steps, "_images": window.images})
+        count, images = int(totals.pop("_count")), int(totals.pop("_images"))
+        row: dict[str, Any] = {"epoch": epoch, "step": self.state.step, "split": "train",
+                               "elapsed_s": round(self._elapsed(), 2), "lr": self.optimizer.param_groups[0]["lr"],
+                               "images_per_s": round(images / max(1e-9, window.elapsed()), 2)}
+        row.update({k: v / max(1, count) for k, v in totals.items()})
+        self.history.append(row)
+        self.window = LogWindow()
+        self._write_history()  # readable while the run trains
+        if self.is_main:
+            parts = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+            text = progress_text(self.state.step, self.total_steps, epoch, self.cfg.epochs, self._eta(budget_s),
+                                 row.get("loss", float("nan")), row["images_per_s"])
+            log.info("%s%s  lr %.4g  grad norm %.3g", text, f"  ({parts})" if parts else "", row["lr"],
+                     row.get("grad_norm", float("nan")))
+        for cb in self.callbacks:
+            self._safe(cb, "on_log", self.state, row)
 
     # ----- one step ---------------------------------------------------------------------------
     def _train_step(self, images: Any, targets: Any, elapsed_s: float, budget_s: float) -> None:
@@ -334,11 +425,14 @@ class Trainer:
         self._call("after_step")
 
     # ----- validation, early stopping, checkpoints ---------------------------------------------
-    def _validate(self, elapsed: float) -> dict[str, Any]:
+    def _validate(self, elapsed: float, epoch: int) -> dict[str, Any]:
+        """Validation losses and the task's metrics on the main rank, printed and kept as a history
+        "val" row; every rank receives both (for on_log and on_eval_end)."""
         metrics: dict[str, Any] = {}
+        row: dict[str, Any] | None = None
         if self.is_main:
-            row: dict[str, Any] = {"epoch": self.state.epoch, "step": self.state.step, "split": "val",
-                                   "elapsed_s": round(elapsed, 2)}
+            started = time.perf_counter()
+            row = {"epoch": epoch, "step": self.state.step, "split": "val", "elapsed_s": round(elapsed, 2)}
             if self.val_loader is not None:
                 row.update(self._val_losses())
             if self.evaluate_fn is not None:
@@ -348,8 +442,11 @@ class Trainer:
                 self.model.train()
                 row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             self.history.append(row)
-        metrics = dist_utils.broadcast_object(metrics)
+            log.info("eval  step %d  epoch %d  %s  (%.1fs)", self.state.step, epoch,
+                     eval_summary(metrics, self.primary_metric, row.get("loss")), time.perf_counter() - started)
+        row, metrics = dist_utils.broadcast_object((row, metrics))
         for cb in self.callbacks:
+            self._safe(cb, "on_log", self.state, row)
             self._safe(cb, "on_eval_end", self.state, metrics)
         return metrics
 
@@ -365,7 +462,7 @@ class Trainer:
         n = 0
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                              enabled=self.amp_dtype is not None):
-            for images, targets in self.val_loader:
+            for images, targets in track(self.val_loader, "validation loss", total=len(self.val_loader)):
                 losses = self.loss_fn(model, _to_device(images, self.device), _to_device(targets, self.device))
                 total = sum(self.cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items())
                 for k, v in losses.items():
@@ -396,6 +493,8 @@ class Trainer:
         # Every rank's random state (augmentation draws differ per rank), so a resumed
         # distributed run continues each rank's stream where it stopped.
         rng_per_rank = dist_utils.all_gather_object(torch.get_rng_state())
+        # The steps not yet in a history row, so that the resumed run writes the row this one would have.
+        window = dist_utils.sum_over_ranks({**self.window.sums, "_images": self.window.images})
         if not self.is_main:
             return
         state = {
@@ -411,6 +510,8 @@ class Trainer:
             "evals_without_improvement": self.evals_without_improvement,
             "rng_cpu": rng_per_rank[0],
             "rng_cpu_per_rank": rng_per_rank,
+            "log_window": {"images": int(window.pop("_images")), "sums": window, "steps": self.window.steps,
+                           "seconds": self.window.elapsed()},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -436,12 +537,38 @@ class Trainer:
             self._safe(cb, hook, self.state)
 
     def _safe(self, cb: Callback, hook: str, *args: Any) -> None:
+        method = getattr(cb, hook, None)  # a callback that does not subclass Callback may lack a hook
+        if method is None:
+            return
         try:
-            getattr(cb, hook)(*args)
+            method(*args)
         except Exception as exc:  # a failing check must never stop the run
             errors = self.state.extra.setdefault("callback_errors", [])
             errors.append(f"{type(cb).__name__}.{hook}: {exc.__class__.__name__}: {exc}")
             log.warning("callback %s.%s failed: %s", type(cb).__name__, hook, exc)
+
+
+def eval_summary(metrics: dict[str, Any], primary: str, val_loss: float | None = None) -> str:
+    """One evaluation in a line: the primary metric, then the report's key metrics, then the validation loss."""
+    keys = [primary, *(k for k in KEY_METRICS if k != primary)]
+    shown = [f"{KEY_METRICS.get(k, k)} {metrics[k]:.4f}" for k in keys if _number(metrics.get(k))]
+    parts = shown[:EVAL_LINE_METRICS] + ([f"val loss {val_loss:.4f}"] if _number(val_loss) else [])
+    return "  ".join(parts) or "no metrics"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _restored_window(saved: dict[str, Any] | None, is_main: bool) -> LogWindow:
+    """A checkpoint's unlogged steps: their count on every rank (the ranks must agree when to write a
+    row), their sums over ranks on the main rank only (the row sums over ranks again)."""
+    if not saved:
+        return LogWindow()
+    steps, seconds = int(saved["steps"]), float(saved["seconds"])
+    if not is_main:
+        return LogWindow(steps=steps, seconds=seconds)
+    return LogWindow({k: float(v) for k, v in saved["sums"].items()}, steps, int(saved["images"]), seconds)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -16,6 +16,7 @@ from visiondoctor.data.detection import DetectionData, load_detection_data
 from visiondoctor.data.formats.coco import to_coco_dict
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
+from visiondoctor.engine.progress import track
 from visiondoctor.evaluation.coco import coco_evaluation, sample_images
 from visiondoctor.evaluation.consistency import score_iou_consistency
 from visiondoctor.evaluation.detection_quality import write_detection_quality
@@ -76,7 +77,7 @@ def predict(model: nn.Module, index: DetectionIndex, category_map: CategoryMap, 
 
     model.eval()
     results: list[dict] = []
-    for images, targets in loader:
+    for images, targets in track(loader, f"predicting {len(records)} images", total=len(loader)):
         outputs = model([im.to(device) for im in images])
         for target, out in zip(targets, outputs):
             results += detections_to_coco(out, int(target["image_id"]), category_of, score_threshold)

@@ -32,6 +32,7 @@ from visiondoctor.data.segmentation import (
     segmentation_transforms,
 )
 from visiondoctor.doctor.diagnose import load_loss
+from visiondoctor.engine.progress import track
 from visiondoctor.evaluation.coco import sample_images
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
 from visiondoctor.evaluation.segmentation_worst import WorstImages, write_worst_images
@@ -168,7 +169,7 @@ def iterate_logits(model: nn.Module, dataset: SegmentationDataset, device: torch
     position = 0
     model.eval()
     with torch.no_grad():
-        for images, masks in loader:
+        for images, masks in track(loader, f"evaluating {len(order)} images", total=len(loader)):
             images = images.to(device)
             if isinstance(masks, torch.Tensor):
                 batch_logits = logits_at(model, images, tuple(masks.shape[-2:]))

@@ -18,6 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich import get_console
+from rich.progress import track
+
 from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import (
     MAX_SIDE,
@@ -35,6 +38,8 @@ from visiondoctor.data.formats.splits import pick_split, subdirs
 from visiondoctor.data.images import resolve_image_path, rotation_hint
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 from visiondoctor.rundir import write_json_atomic
+
+HEADER_PROGRESS_MIN = 1000  # images from which reading their headers shows a progress bar
 
 
 def read_coco(annotation_file: str | Path, images_root: str | Path | None = None, check_images: bool = True) -> DetectionIndex:
@@ -148,7 +153,12 @@ def _read_images(
     records: dict[int, DetectionRecord] = {}
     refused: set[int] = set()
     first_with_file: dict[Path, int] = {}
-    for i, (entry, image_id) in enumerate(zip(entries, ids)):
+    # Reading every header of a large file takes a while: a transient bar says so, on a terminal or in a
+    # notebook (on rich's console, which the CLI's logging shares and silences on non-main ranks).
+    shown = check_images and len(entries) >= HEADER_PROGRESS_MIN and (get_console().is_terminal or get_console().is_jupyter)
+    rows = track(enumerate(zip(entries, ids)), f"reading image headers ({source.name})", total=len(entries),
+                 transient=True, disable=not shown)
+    for i, (entry, image_id) in rows:
         if not isinstance(entry, dict):
             log.refuse(f"images[{i}]", f"is a {type(entry).__name__}, expected an object", "wrong_type")
             continue
