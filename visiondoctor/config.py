@@ -23,7 +23,12 @@ class DataConfig:
     synth_images: int = 0  # training images to generate; 0 = generator default
     synth_options: dict[str, Any] = field(default_factory=dict)  # other generator arguments (image_size, ...)
     ignore_index: int | None = None  # segmentation: the label void pixels become; None = the layout's own void value
-    workers: int = 0
+    # Loading (visiondoctor.data.loading): training images are decoded already reduced so that their shorter
+    # side is the model's input size (auto = model.image_size; off; or a side in px), optionally cached
+    # (none | ram | disk: <output_dir>/_cache/images), with loader workers (auto: see data.loading.auto_workers).
+    reduce: int | str = "auto"
+    cache: str = "none"
+    workers: int | str = "auto"
 
 
 @dataclass

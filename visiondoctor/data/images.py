@@ -11,6 +11,9 @@ the file header, before any pixel is decoded), so the size boxes are checked aga
 of the decoded tensor. A reader that finds an annotation matching the *stored* size of a rotated
 image says so (`rotation_hint`). Label masks are not photos: their own EXIF, if any, is ignored
 (see `data/formats/masks.py`).
+
+`load_rgb_reduced` decodes the same displayed image already reduced toward a model's input size
+(JPEG draft mode), for training on photos much larger than the model sees.
 """
 from __future__ import annotations
 
@@ -155,16 +158,54 @@ def load_rgb(path: Path) -> torch.Tensor:
     and 32-bit integer images are scaled to 8 bits (PIL's plain conversion would clip them to
     white), float images are scaled from [0, 1] when they lie in it, else clipped to [0, 255].
     """
+    return _decode(path, shorter_side=None)[0]
+
+
+def load_rgb_reduced(path: Path, shorter_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The displayed image (as `load_rgb` gives it) reduced so that its shorter side is
+    `shorter_side` (never enlarged; aspect kept), and the displayed (width, height) before reduction.
+
+    A model that resizes its inputs to `shorter_side` or less sees the same picture, while a large
+    photo costs a fraction of the decoding: JPEGs are decoded in the DCT domain at 1/2, 1/4 or 1/8
+    scale (PIL's draft mode, never below the target), then resized (antialiased) to the exact size.
+    The output size is `reduced_size(original, shorter_side)`, so boxes scale by its ratio to the original.
+    """
+    if shorter_side < 1:
+        raise ValueError(f"shorter_side must be at least 1, got {shorter_side}")
+    return _decode(path, shorter_side)
+
+
+def reduced_size(size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the shorter side is `shorter_side`; `size` itself when already that small."""
+    width, height = size
+    scale = shorter_side / min(width, height)
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _decode(path: Path, shorter_side: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode to 8-bit RGB of the displayed image, reduced when `shorter_side` is given; every
+    failure becomes a DataError naming the file."""
     try:
         with Image.open(path) as im:
             orientation = exif_orientation(im)  # before load(): see exif_orientation
+            displayed = ImageHeader(im.size[0], im.size[1], orientation).size
+            target = reduced_size(displayed, shorter_side) if shorter_side else displayed
+            if target != displayed:
+                # draft() asks the JPEG decoder for the smallest DCT scale still >= the target
+                # (in stored orientation); other formats ignore it.
+                stored_target = target[::-1] if orientation in _SWAPS_SIDES else target
+                im.draft(None, stored_target)
             im.load()
             rgb = apply_orientation(to_rgb(im), orientation)
+            if rgb.size != target:
+                rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except Exception as exc:  # noqa: BLE001 - see read_header: every PIL failure is "unreadable"
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
-    return pil_to_tensor(rgb).contiguous()
+    return pil_to_tensor(rgb).contiguous(), displayed
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -1,7 +1,9 @@
 """Box-aware augmentation presets over torchvision.transforms.v2.
 
 The models resize internally (their GeneralizedRCNNTransform), so presets only augment and
-convert; boxes travel as tv_tensors.BoundingBoxes and are kept consistent by v2.
+convert; boxes travel as tv_tensors.BoundingBoxes and are kept consistent by v2. The training
+datasets decode images already reduced toward the model's input size (`data.reduce`,
+visiondoctor.data.loading), so the augmentation works on about the pixels the model will see.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from visiondoctor.config import Config
 from visiondoctor.data.dataset import DetectionDataset, collate_detection
 from visiondoctor.data.detection import DetectionData, load_detection_data
 from visiondoctor.data.formats.coco import to_coco_dict
+from visiondoctor.data.loading import training_images
 from visiondoctor.data.samples import CategoryMap, DetectionIndex
 from visiondoctor.data.transforms import detection_transforms
 from visiondoctor.engine.progress import track
@@ -49,10 +50,17 @@ class DetectionTask(Task):
                             **cfg.model.kwargs)
 
     def datasets(self, cfg: Config, data: DetectionData) -> Datasets:
+        """Training, validation-loss and probe samples decoded near the model's input size (data.reduce,
+        data.cache); the COCO evaluation (`predict`) reads the files at full size, in their boxes' frame."""
         cmap = data.category_map
-        return Datasets(train=DetectionDataset(data.train, cmap, detection_transforms(True, cfg.train.augment)),
-                        val=DetectionDataset(data.val, cmap, detection_transforms(False)),
-                        probe=DetectionDataset(data.train, cmap, detection_transforms(False)),
+        # The registry's detection models all resize their inputs to model.image_size (SSD: a square of
+        # that side, the R-CNN family: the longer side); a text-query model never resizes.
+        images = training_images(cfg, model_resizes=get_entry(cfg.model.name).task == "detection")
+        if cfg.data.cache == "ram":  # before the loader's workers fork, so that they share one copy
+            images.fill([r.path for index in (data.train, data.val) for r in index.records])
+        return Datasets(train=DetectionDataset(data.train, cmap, detection_transforms(True, cfg.train.augment), images),
+                        val=DetectionDataset(data.val, cmap, detection_transforms(False), images),
+                        probe=DetectionDataset(data.train, cmap, detection_transforms(False), images),
                         collate=collate_detection)
 
     def data_findings(self, data: DetectionData, categories: dict[str, Any]) -> list[Finding]:

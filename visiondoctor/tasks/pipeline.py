@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visiondoctor.config import Config, ModelConfig, load_config, save_config
+from visiondoctor.data.loading import loader_workers
 from visiondoctor.data.samples import CategoryMap
 from visiondoctor.data.synth import ensure_synthetic
 from visiondoctor.engine import distributed as dist_utils
@@ -163,7 +164,8 @@ def fit_model(model: nn.Module, datasets: Datasets, cfg: Config, run_dir: Path |
     """The Trainer on a task's datasets (also for one phase of a class-incremental run)."""
     trainer = Trainer(model, datasets.train, train_config or cfg.train, collate_fn=datasets.collate, loss_fn=loss_fn,
                       evaluate_fn=evaluate_fn, val_set=datasets.val, primary_metric=primary_metric,
-                      callbacks=callbacks, run_dir=run_dir, workers=cfg.data.workers)
+                      callbacks=callbacks, run_dir=run_dir,
+                      workers=loader_workers(cfg.data, datasets.train))
     if resume and not trainer.resume():
         log.warning("--resume: no usable checkpoint in %s; starting from scratch", Path(run_dir or ".") / "checkpoints")
     return trainer, trainer.fit()
