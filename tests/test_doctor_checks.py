@@ -159,7 +159,12 @@ def test_gradient_norm_checks():
 def test_background_collapse_and_all_anchors():
     collapsed = outputs.OutputStats(0.5, "dense-head", 2, [0.41, 0.41, 0.44, 0.46, 0.46], [0.46, 0.46], 0.0, [0, 0], [3, 2], auroc=0.51)
     f = outputs.check_background_collapse(collapsed)
-    assert f[0].severity == "error" and f[0].evidence["fg_prob_range"] == [0.41, 0.46]
+    # a symptom, judged by how long the model trained: a warning after a short run, an error after a long one
+    assert f[0].severity == "warning" and f[0].evidence["fg_prob_range"] == [0.41, 0.46]
+    collapsed.step = outputs.LONG_RUN
+    assert outputs.check_background_collapse(collapsed)[0].severity == "error"
+    early = outputs.OutputStats(0.5, "dense-head", 2, [0.05, 0.1, 0.2, 0.4, 0.45], [0.45, 0.4], 0.0, [0, 0], [3, 2], auroc=0.9)
+    assert outputs.check_background_collapse(early)[0].severity == "info"  # objects already outrank background
     everywhere = outputs.OutputStats(0.4, "dense-head", 2, [0.41, 0.41, 0.44, 0.46, 0.46], [0.46, 0.46], 1.0, [2400, 2400], [3, 2], auroc=0.5)
     assert outputs.check_detections_per_image(everywhere)[0].severity == "error"
     healthy = outputs.OutputStats(0.5, "dense-head", 2, [0.0, 0.01, 0.02, 0.7, 0.95], [0.9, 0.95], 0.002, [3, 2], [3, 2], auroc=0.97)
@@ -214,10 +219,12 @@ def test_exit_distribution():
 def test_every_catalogue_id_is_documented():
     from pathlib import Path
 
+    from visiondoctor.doctor.catalogue import updated
     from visiondoctor.doctor.findings import CATALOGUE
 
     text = (Path(__file__).parents[1] / "docs" / "doctor.md").read_text()
     assert [k for k in CATALOGUE if f"`{k}`" not in text] == []
+    assert updated(text) == text, "docs/doctor.md's table is stale: python -m visiondoctor.doctor.catalogue --update docs/doctor.md"
 
 
 def test_findings_from_a_run_directory(tmp_path):

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 import visiondoctor
+from visiondoctor.config import load_config
 from visiondoctor.doctor.diagnose import diagnose, load_factory, load_loss
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.zoo.common import ListDataset, masks_from_squares, squares
@@ -87,16 +88,17 @@ def make_data(entry: dict[str, Any]) -> tuple[ListDataset, ListDataset]:
     return ListDataset(train), ListDataset(val)
 
 
-def run_entry(entry: dict[str, Any], steps: int = 30, overfit_steps: int = 60, out_dir: str | Path | None = None) -> list[Finding]:
+def run_entry(entry: dict[str, Any], steps: int = 100, overfit_steps: int = 100, out_dir: str | Path | None = None) -> list[Finding]:
     """diagnose() on one entry; if diagnose itself raises, one `harness.diagnose-raised` record instead."""
     try:
         factory = load_factory(f"{USER_MODELS / entry['file']}:{entry['factory']}")
         loss_fn = load_loss(str(USER_MODELS / entry["loss"])) if entry.get("loss") else None
         train, val = make_data(entry)
         num_classes = entry["num_classes"] if entry.get("num_classes") is not None else DATA_CLASSES + 1
-        lr = float(entry["overrides"].get("train.lr", 1e-3))
+        train_config = load_config(None, [f"{k}={v}" for k, v in entry["overrides"].items()]).train  # the user's settings
         return diagnose(factory, train, val_data=val, task=entry["task"], num_classes=num_classes, loss_fn=loss_fn,
-                        steps=steps, overfit_steps=overfit_steps, lr=lr, out_dir=out_dir, title=f"Diagnosis of {entry['name']}")
+                        steps=steps, overfit_steps=overfit_steps, train_config=train_config, out_dir=out_dir,
+                        title=f"Diagnosis of {entry['name']}")
     except Exception as exc:  # noqa: BLE001 — the table must show a crash of the doctor, not stop at it
         return [Finding(id=DIAGNOSE_RAISED, severity="info", title=f"diagnose raised {type(exc).__name__}: {exc}",
                         evidence={"exception": type(exc).__name__, "message": str(exc)[:500]}, where=entry["name"])]
@@ -145,8 +147,8 @@ def summary(entries: list[dict[str, Any]], verdicts: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--overfit-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100, help="monitored training steps (diagnose's default)")
+    parser.add_argument("--overfit-steps", type=int, default=100, help="overfit-one-batch steps (diagnose's default)")
     parser.add_argument("--only", nargs="*", help="entry names to run (default: all)")
     parser.add_argument("--out-dir", type=Path, help="write each model's diagnosis under OUT_DIR/<name>")
     parser.add_argument("--json", type=Path, help="also write the per-model results (IDs, verdicts, seconds) to this file")

@@ -9,11 +9,13 @@ and may take `num_classes`. A segmentation loss comes through `--loss-file path.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from visiondoctor.config import TrainConfig
 from visiondoctor.doctor.checks import outputs, run_stage
+from visiondoctor.doctor.checks.outputs import DOCTOR_THRESHOLD
 from visiondoctor.doctor.coco_io import coco_from_batches
 from visiondoctor.doctor.diagnosis_file import write_diagnosis
 from visiondoctor.doctor.findings import Finding
+from visiondoctor.doctor.lr_range import lr_range_test
 from visiondoctor.doctor.model_io import (
     LossFn,
     ModelIO,
@@ -34,10 +39,12 @@ from visiondoctor.doctor.model_io import (
     stack_masks,
 )
 from visiondoctor.doctor.monitor import TrainingMonitor
-from visiondoctor.doctor.overfit import check_overfit, overfit_one_batch
+from visiondoctor.doctor.overfit import overfit_one_batch, recalibrate_batchnorm
+from visiondoctor.doctor.probe import model_device, to_device
 from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
 from visiondoctor.doctor.static import static_checks
 from visiondoctor.doctor.training import collate_for, train_briefly
+from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.evaluation.consistency import score_iou_consistency
 from visiondoctor.evaluation.errors import tide_errors
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
@@ -100,69 +107,119 @@ def _first(data: Dataset | Sequence, n: int) -> list:
     return [data[i] for i in range(min(n, len(data)))]
 
 
+class _LiveDiagnosis(Callback):
+    """Rewrites the diagnosis every `every` steps of the monitored training, so it is current while it trains."""
+
+    def __init__(self, write: Callable[[list[Finding]], None], monitor: TrainingMonitor, every: int) -> None:
+        self.write, self.monitor, self.every = write, monitor, max(1, every)
+
+    def after_step(self, state: TrainState) -> None:
+        if state.step % self.every == 0:
+            self.write(self.monitor.findings())
+
+
 def diagnose(model_factory: Callable[..., nn.Module], data: Dataset | Sequence, *, task: str = "detection",
              val_data: Dataset | Sequence | None = None, num_classes: int | None = None, loss_fn: LossFn | None = None,
-             steps: int = 100, batch_size: int = 4, lr: float = 1e-3, threshold: float = 0.5, overfit_steps: int = 100,
-             probe_images: int = 4, out_dir: str | Path | None = None, title: str = "Diagnosis",
-             background_label: bool | None = None, device: str = "cpu", seed: int = 0,
-             extra_findings: Sequence[Finding] = ()) -> list[Finding]:
-    """Run the doctor end to end; returns the findings (errors first) and writes diagnosis.json/.md to out_dir.
+             steps: int = 100, batch_size: int = 4, train_config: TrainConfig | None = None, lr: float | None = None,
+             threshold: float = DOCTOR_THRESHOLD, overfit_steps: int = 100, probe_images: int = 4,
+             out_dir: str | Path | None = None, title: str = "Diagnosis", background_label: bool | None = None,
+             device: str = "cpu", seed: int = 0, extra_findings: Sequence[Finding] = (), ignore_index: int = 255,
+             void_value: int | None = None, lr_range_steps: int = 32,
+             on_update: Callable[[str, list[Finding]], None] | None = None) -> list[Finding]:
+    """Run the doctor end to end; returns the findings (errors first) and writes diagnosis.json/.md to out_dir
+    after every stage (probe verdicts first, in seconds; then the learning-rate range test, the overfit probe, the
+    monitored training as it goes, the evaluation).
 
     data / val_data: datasets of (image, target) — detection targets {boxes xyxy pixels, labels}, segmentation
-    targets label masks. Without val_data the evaluation runs on the training data (and says so)."""
-    io = ModelIO(task, loss_fn)
+    targets label masks. Without val_data the evaluation runs on the training data (and says so).
+    train_config: the run's own training settings (optimizer, lr, momentum, weight decay, warm-up, clipping); the
+    range test and the monitored training use them, so the run as configured is what is diagnosed (`lr` overrides
+    its learning rate). `threshold`: the score the output checks judge at (the doctor's yardstick, 0.5 by default,
+    whatever threshold is used for display). `ignore_index`: the label the default segmentation loss ignores;
+    `void_value`: the dataset's void value in the masks (default: ignore_index). `on_update(stage, findings)` is
+    called after each stage."""
+    cfg = train_config or TrainConfig()
+    if lr is not None:
+        cfg = replace(cfg, lr=lr)
+    io = ModelIO(task, loss_fn, ignore_index)
     findings: list[Finding] = list(extra_findings)
+    out = Path(out_dir) if out_dir is not None else None
+
+    def record(stage: str, new: Sequence[Finding] = (), transient: Sequence[Finding] = ()) -> list[Finding]:
+        """Keep `new`, write everything known so far (with `transient`: the monitor's findings while it trains)."""
+        findings.extend(new)
+        current = sort_findings(dedupe([*findings, *transient]))
+        if out is not None:
+            write_diagnosis(current, out, title)
+        if on_update is not None:
+            on_update(stage, current)
+        return current
+
     torch.manual_seed(seed)
-    model = build(model_factory, num_classes).to(device)
+    try:
+        model = build(model_factory, num_classes).to(device)
+    except Exception as exc:  # noqa: BLE001 - the user's factory failing is a finding, not a crash
+        return record("model", [Finding(
+            id="model.raised", severity="error", title=f"The model factory raised {type(exc).__name__}: {exc}"[:200],
+            evidence={"exception": type(exc).__name__, "message": str(exc)[:400]},
+            cause="The model cannot be built as given.", fix="Call the factory yourself to see the error.", where="factory")])
     probe = _first(data, max(2, probe_images))
     images, targets = collate_for(task)(probe)
-
-    static, _ = static_checks(model, images, targets, task=task, num_classes=num_classes, loss_fn=loss_fn,
-                              background_label=background_label)
-    findings += static
-
-    try:
-        result = overfit_one_batch(model, images, targets, io, steps=overfit_steps)
-        findings += check_overfit(result, len(probe))
-    except Exception as exc:  # noqa: BLE001
-        findings.append(check_failed("overfit.overfit_one_batch", exc))
+    static, obs = static_checks(model, images, targets, task=task, num_classes=num_classes, loss_fn=loss_fn,
+                                background_label=background_label, ignore_index=ignore_index, void_value=void_value)
+    record("probe", static)
+    trains = obs is not None and "train" not in obs.errors
+    if trains:
+        try:
+            result = lr_range_test(model, io, images, targets, cfg, steps=lr_range_steps)
+            record("lr_range", run_stage("probe", lr_range=result))
+        except Exception as exc:  # noqa: BLE001
+            record("lr_range", [check_failed("lr_range.lr_range_test", exc)])
+        try:
+            record("overfit", run_stage("probe", overfit=overfit_one_batch(model, images, targets, io, steps=overfit_steps)))
+        except Exception as exc:  # noqa: BLE001
+            record("overfit", [check_failed("overfit.overfit_one_batch", exc)])
 
     monitor = TrainingMonitor(model, every=max(1, steps // 4), threshold=threshold, window=max(5, steps // 5),
                               min_steps_for_outputs=max(1, steps // 2), task=task)
     trainer = None
-    try:
-        trainer, _ = train_briefly(model, data, io, steps, batch_size, lr, callbacks=[monitor], val_set=val_data,
-                                   device=device, seed=seed)
-        findings += monitor.findings()
-    except Exception as exc:  # noqa: BLE001
-        findings.append(check_failed("training.train_briefly", exc))
-    finally:
-        monitor.detach()
+    if trains:
+        live = _LiveDiagnosis(lambda found: record("training", transient=found), monitor, max(1, steps // 4))
+        try:
+            trainer, _ = train_briefly(model, data, io, steps, batch_size, callbacks=[monitor, live],
+                                       val_set=val_data, device=device, seed=seed, config=cfg)
+            record("training", monitor.findings())
+        except Exception as exc:  # noqa: BLE001
+            record("training", [check_failed("training.train_briefly", exc)])
+        finally:
+            monitor.detach()
 
-    eval_set = val_data if val_data is not None else data
-    try:
-        findings += _evaluate(model, io, eval_set, task, threshold, batch_size, num_classes,
-                              Path(out_dir) if out_dir is not None else None,
-                              history=trainer.history if trainer is not None else None)
-    except Exception as exc:  # noqa: BLE001
-        findings.append(check_failed("diagnose.evaluate", exc))
-
-    findings = sort_findings(dedupe(findings))
-    if out_dir is not None:
-        if (Path(out_dir) / SCORE_PLOT).exists():
-            for f in findings:
+    if obs is not None and "eval" not in obs.errors:
+        eval_set = val_data if val_data is not None else data
+        try:
+            found = _evaluate(model, io, eval_set, task, threshold, batch_size, num_classes, out,
+                              history=trainer.history if trainer is not None else None, calibration=(images, targets))
+        except Exception as exc:  # noqa: BLE001
+            found = [check_failed("diagnose.evaluate", exc)]
+        if out is not None and (out / SCORE_PLOT).exists():
+            for f in [*findings, *found]:
                 if f.id in SCORE_PLOT_IDS:
                     f.evidence["plot"] = SCORE_PLOT
-        write_diagnosis(findings, Path(out_dir), title)
-    return findings
+        return record("evaluation", found)
+    return record("done")
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: str, threshold: float,
               batch_size: int, num_classes: int | None, out_dir: Path | None = None,
-              history: list[dict[str, Any]] | None = None) -> list[Finding]:
-    """Evaluate on the whole dataset given and run the evaluation-stage checks on the result."""
+              history: list[dict[str, Any]] | None = None, calibration: tuple[Any, Any] | None = None) -> list[Finding]:
+    """Evaluate a copy of the model on the whole dataset given and run the evaluation-stage checks on the result.
+    `calibration` (a training batch): BatchNorm statistics are re-estimated on it first, so a short run is judged by
+    its weights, not by running statistics that lag behind them (small BatchNorm momentum)."""
     collate = collate_for(task)
+    model = copy.deepcopy(model)
+    if calibration is not None:
+        recalibrate_batchnorm(model, io, *to_device(*calibration, model_device(model)))
     device = next(model.parameters()).device
     model.eval()
     all_targets: list[Any] = []
@@ -188,6 +245,7 @@ def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: 
     if task == "detection":
         gt, dets = coco_from_batches(all_targets, all_outputs, sizes)
         stats = outputs.measure_detector_outputs(model, first_batch[0], first_batch[1], threshold, io)
+        stats.boxes = outputs.box_statistics(all_outputs, sizes, all_targets)  # every evaluated image
         findings = run_stage("evaluation", task=task, history=history, stats=stats,
                              consistency=score_iou_consistency(gt, dets, 0.05), tide=tide_errors(gt, dets))
         if out_dir is not None and any(f.id in SCORE_PLOT_IDS for f in findings):

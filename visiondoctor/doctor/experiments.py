@@ -25,7 +25,6 @@ from visiondoctor.doctor import hooks
 from visiondoctor.doctor.model_io import ModelIO, stack_masks, total_loss
 
 
-
 @dataclass
 class AssignmentResponse:
     """Each loss component with the true boxes and with the boxes moved elsewhere in their images (same

@@ -16,7 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.anchor_utils import (
+    AnchorGenerator,
+    DefaultBoxGenerator,
+)
 
 ANCHOR_CLASS_NAME = re.compile(r"anchor|prior|defaultbox", re.IGNORECASE)
 

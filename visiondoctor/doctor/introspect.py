@@ -15,7 +15,10 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
+from torchvision.models.detection.retinanet import (
+    RetinaNet,
+    RetinaNetClassificationHead,
+)
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
 AUX_NAME = re.compile(r"(^|\.)aux", re.IGNORECASE)

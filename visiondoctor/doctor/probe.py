@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from visiondoctor.doctor import hooks, introspect
-from visiondoctor.doctor.experiments import AssignmentResponse, VoidResponse, assignment_response, void_response
+from visiondoctor.doctor.experiments import (
+    AssignmentResponse,
+    VoidResponse,
+    assignment_response,
+    void_response,
+)
 from visiondoctor.doctor.model_io import ModelIO, split_segmentation_outputs, total_loss
 from visiondoctor.doctor.priors import Priors, discover_priors
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,12 +42,26 @@ def short_config(steps: int, batch_size: int, dataset_len: int, lr: float, optim
                        amp="off", device=device, seed=seed, monitors=True, checkpoint_every=10**9, eval_every=eval_every)
 
 
+def run_config(config: TrainConfig, steps: int, batch_size: int, dataset_len: int, device: str = "cpu",
+               seed: int = 0) -> TrainConfig:
+    """A user's training settings (optimizer, lr, momentum, weight decay, schedule, clipping, loss weights) for a
+    short diagnostic run of `steps` steps: warm-up within the first fifth, no checkpoints, no time budget."""
+    per_epoch = max(1, dataset_len // max(1, batch_size))
+    return replace(config, epochs=max(1, -(-steps // per_epoch)), batch_size=batch_size, max_minutes=0.0,
+                   warmup_steps=min(config.warmup_steps, max(1, steps // 5)), amp="off", device=device, seed=seed,
+                   monitors=True, checkpoint_every=10**9, checkpoint_every_steps=0, eval_every=1, tensorboard=False,
+                   early_stop_patience=0, compile=False)
+
+
 def train_briefly(model: nn.Module, train_set: Dataset, io: ModelIO, steps: int, batch_size: int = 4, lr: float = 1e-3,
                   callbacks: Sequence[Callback] = (), val_set: Dataset | None = None, optimizer: str = "adamw",
-                  device: str = "cpu", seed: int = 0, eval_every: int = 1, grad_clip: float = 10.0) -> tuple[Trainer, TrainResult]:
-    """Train `model` for `steps` steps with the engine's Trainer, the given callbacks attached."""
+                  device: str = "cpu", seed: int = 0, eval_every: int = 1, grad_clip: float = 10.0,
+                  config: TrainConfig | None = None) -> tuple[Trainer, TrainResult]:
+    """Train `model` for `steps` steps with the engine's Trainer, the given callbacks attached. With `config` (the
+    run's own settings) the short run trains as the run would; otherwise AdamW at `lr` with a constant schedule."""
     torch.manual_seed(seed)
-    cfg = short_config(steps, batch_size, len(train_set), lr, optimizer, device, seed, grad_clip, eval_every)
+    cfg = (run_config(config, steps, batch_size, len(train_set), device, seed) if config is not None
+           else short_config(steps, batch_size, len(train_set), lr, optimizer, device, seed, grad_clip, eval_every))
 
     def loss_fn(m: nn.Module, images: Any, targets: Any) -> dict[str, torch.Tensor]:
         return io.losses(m, images, targets)

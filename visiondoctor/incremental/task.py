@@ -231,8 +231,8 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
             callbacks: list[Any] = []
             if t > 0 and options.unfreeze:
                 callbacks.append(GradualUnfreezing(model, options.unfreeze))
-            if t == 0 and diagnosis is not None and diagnosis.monitor is not None:
-                callbacks.append(diagnosis.monitor)
+            if t == 0 and diagnosis is not None:
+                callbacks += diagnosis.callbacks
             sets = Datasets(train=DetectionDataset(train_index, cmap, detection_transforms(True, cfg.train.augment)),
                             val=None, probe=DetectionDataset(train_index, cmap, detection_transforms(False)),
                             collate=collate_detection)

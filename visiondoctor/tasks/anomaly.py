@@ -29,7 +29,13 @@ from visiondoctor.data.segmentation import (
     segmentation_transforms,
 )
 from visiondoctor.engine.trainer import resolve_device
-from visiondoctor.evaluation.anomaly import METHODS, AnomalyEvaluator, SMLStats, SMLStatsAccumulator, anomaly_scores
+from visiondoctor.evaluation.anomaly import (
+    METHODS,
+    AnomalyEvaluator,
+    SMLStats,
+    SMLStatsAccumulator,
+    anomaly_scores,
+)
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
 from visiondoctor.rundir import RunDir
 from visiondoctor.tasks.pipeline import build_report, load_run_model

@@ -12,7 +12,11 @@ from torch import nn
 from visiondoctor.config import load_config
 from visiondoctor.data.dataset import DetectionDataset
 from visiondoctor.data.detection import load_detection_data
-from visiondoctor.data.segmentation import SegmentationDataset, load_segmentation_data, segmentation_transforms
+from visiondoctor.data.segmentation import (
+    SegmentationDataset,
+    load_segmentation_data,
+    segmentation_transforms,
+)
 from visiondoctor.data.transforms import detection_transforms
 from visiondoctor.doctor.diagnose import diagnose, load_factory, load_loss
 from visiondoctor.doctor.findings import Finding

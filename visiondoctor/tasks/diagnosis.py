@@ -14,11 +14,14 @@ from torch.utils.data import Dataset
 
 from visiondoctor.config import Config
 from visiondoctor.doctor.checks import STAGES, ids_raised_at, run_stage
+from visiondoctor.doctor.checks.gradients import check_optimizer
+from visiondoctor.doctor.checks.outputs import DOCTOR_THRESHOLD
 from visiondoctor.doctor.diagnosis_file import read_diagnosis, write_diagnosis
 from visiondoctor.doctor.from_run import run_findings
 from visiondoctor.doctor.monitor import TrainingMonitor
-from visiondoctor.doctor.runner import check_failed, dedupe, sort_findings
+from visiondoctor.doctor.runner import check_failed, dedupe, run_check, sort_findings
 from visiondoctor.doctor.static import static_checks
+from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.findings import Finding
 from visiondoctor.rundir import RunDir
 
@@ -33,18 +36,56 @@ def redone_at_evaluation(finding_id: str) -> bool:
     return finding_id in ids_raised_at(["run"]) - training
 
 
-class RunDiagnosis:
-    """Collects the findings of one run. `monitor` is the Callback to give the Trainer (None when
-    `train.monitors` is off)."""
+class DoctorOnTheRun(Callback):
+    """The doctor inside the Trainer: checks the optimizer the run really uses when training starts, prints each
+    finding the moment it is raised (before-training ones at the start, the monitor's as it measures them), and stops
+    a run the doctor judged unable to succeed when `train.stop_on` asks (error | warning)."""
 
-    def __init__(self, model: nn.Module, cfg: Config, num_classes: int, background_label: bool):
+    def __init__(self, diagnosis: "RunDiagnosis") -> None:
+        self.diagnosis = diagnosis
+        self.reported: set[tuple[str, str]] = set()
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.diagnosis.findings += run_check(check_optimizer, state.model, state.optimizer)
+        self._announce(self.diagnosis.findings, state)
+
+    def after_step(self, state: TrainState) -> None:
+        monitor = self.diagnosis.monitor
+        if monitor is not None and state.step % monitor.every == 0:
+            self._announce(monitor.findings(), state)
+
+    def _announce(self, findings: Sequence[Finding], state: TrainState) -> None:
+        stop_on = STOP_LEVELS.get(self.diagnosis.cfg.train.stop_on, ())
+        for f in findings:
+            key = (f.id, f.where)
+            if f.severity == "info" or key in self.reported:
+                continue
+            self.reported.add(key)
+            log.warning("doctor [%s] %s at step %d: %s", f.severity, f.id, state.step, f.title)
+            if f.severity in stop_on and not state.stop:
+                state.request_stop(f"doctor: {f.id}: {f.title}")
+
+
+STOP_LEVELS = {"error": ("error",), "warning": ("error", "warning"), "never": ()}
+
+
+class RunDiagnosis:
+    """Collects the findings of one run. `callbacks` go to the Trainer: the monitor (when `train.monitors` is on)
+    and the doctor's console/stop callback."""
+
+    def __init__(self, model: nn.Module, cfg: Config, num_classes: int, background_label: bool, ignore_index: int = 255):
         self.cfg = cfg
         self.num_classes = num_classes
         self.background_label = background_label
+        self.ignore_index = ignore_index
         self.findings: list[Finding] = []
         self.timings: dict[str, float] = {}
-        self.monitor = (TrainingMonitor(model=model, every=100, threshold=cfg.eval.display_threshold, task=cfg.task)
+        self.monitor = (TrainingMonitor(model=model, every=100, threshold=DOCTOR_THRESHOLD, task=cfg.task)
                         if cfg.train.monitors else None)
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return [*([self.monitor] if self.monitor is not None else []), DoctorOnTheRun(self)]
 
     def before_training(self, model: nn.Module, probe_set: Dataset, collate: Callable, extra: Sequence[Finding] = ()) -> None:
         """Probe a copy of the model on a few un-augmented samples, so training starts untouched."""
@@ -53,14 +94,12 @@ class RunDiagnosis:
         try:
             images, targets = collate([probe_set[i] for i in range(min(PROBE_BATCH, len(probe_set)))])
             found, _ = static_checks(copy.deepcopy(model), images, targets, task=self.cfg.task,
-                                     num_classes=self.num_classes, background_label=self.background_label)
+                                     num_classes=self.num_classes, background_label=self.background_label,
+                                     ignore_index=self.ignore_index)
             self.findings += found
         except Exception as exc:  # a failing check never stops the run
             self.findings.append(check_failed("static_checks", exc))
         self.timings["static_s"] = round(time.perf_counter() - started, 2)
-        for f in self.findings:
-            if f.severity != "info":
-                log.warning("doctor [%s] %s: %s", f.severity, f.id, f.title)
 
     def keep_training_findings(self, run: RunDir) -> None:
         """Start from the findings a run's training wrote (before a re-evaluation redoes the rest)."""

@@ -30,7 +30,13 @@ from visiondoctor.data.synth import ensure_synthetic
 from visiondoctor.engine import distributed as dist_utils
 from visiondoctor.engine.callbacks import Callback
 from visiondoctor.engine.checkpoint import load_latest
-from visiondoctor.engine.trainer import LossFn, Trainer, TrainResult, default_loss_fn, resolve_device
+from visiondoctor.engine.trainer import (
+    LossFn,
+    Trainer,
+    TrainResult,
+    default_loss_fn,
+    resolve_device,
+)
 from visiondoctor.findings import Finding
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.registry import Registry
@@ -194,11 +200,12 @@ def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Cal
     model = task.build_model(cfg, categories, run)
     device = resolve_device(cfg.train.device)
     sets = task.datasets(cfg, data)
-    doctor = RunDiagnosis(model, cfg, task.num_classes(categories), bool(categories.get("background")))
+    doctor = RunDiagnosis(model, cfg, task.num_classes(categories), bool(categories.get("background")),
+                          int(categories.get("ignore_index", 255)))
     doctor.before_training(model, sets.probe, sets.collate, task.data_findings(data, categories))
     trainer, result = fit_model(
         model, sets, cfg, run.path, loss_fn=task.loss_fn(cfg, data),
-        callbacks=[*([doctor.monitor] if doctor.monitor else []), *callbacks],
+        callbacks=[*doctor.callbacks, *callbacks],
         evaluate_fn=lambda m: task.evaluate(m, data, "val", cfg, device), primary_metric=task.primary_metric,
         resume=resume)
     if main:

@@ -17,7 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from visiondoctor.data.samples import CategoryMap
 from visiondoctor.data.video_io import (

@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
              ("index", "category_map", "background_label", "splits")),
     "probe": ("probe forwards of the model on a few training samples, before training",
               ("model", "obs", "io", "images", "targets", "image_sizes", "num_classes", "background_label",
-               "optimizer", "min_size", "task", "experiments", "train_config")),
+               "optimizer", "min_size", "task", "lr_range", "overfit")),
     "monitor": ("what the training monitor recorded while the run trained",
                 ("loss_history", "total_history", "steps", "window", "grad_history", "grad_steps", "matches",
                  "match_step", "stats", "nonfinite", "nonfinite_grad_steps")),

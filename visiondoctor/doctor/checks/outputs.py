@@ -21,12 +21,22 @@ from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.doctor.probe import model_device, to_device
 
+LONG_RUN = 2000  # steps after which a model that still does not see objects will not learn to
+DOCTOR_THRESHOLD = 0.5  # the score the output checks judge at, whatever threshold a user displays boxes at
 AUROC_COLLAPSED = 0.75  # object anchors barely outrank background ones: the classifier does not see objects
 CONSTANT_SPREAD = 0.05  # p99 - p1 of the foreground score below this: one score everywhere
 ALL_ANCHORS_FRACTION = 0.5  # more than half the locations above threshold: the threshold selects nothing
 REG_BEYOND_WARNING = 0.01
 REG_BEYOND_ERROR = 0.10
 QS = (0.0, 0.01, 0.5, 0.99, 1.0)
+TOP_DETECTIONS = 20  # an image's best detections of a class: their scores must differ if the model looks at places
+MIN_FOR_SPREAD = 10
+CONSTANT_SCORES = 1e-4  # score spread among them below this: one score for every place
+SIZE_MATCH_IOU = 0.1  # the detection that overlaps an object best stands for the model's box of it
+# A box the right shape and place but r times the object's side has IoU r^2 (r < 1) or 1/r^2: below 0.5 beyond
+# sqrt(2) either way, so it can never count at AP50 (error); below 0.64 beyond 1.25 (warning).
+SIZE_ERROR, SIZE_WARNING = 2 ** 0.5, 1.25
+INVERTED_ERROR = 0.1
 HIST_BINS = 20
 
 
@@ -44,6 +54,7 @@ class OutputStats:
     reg: dict[str, Any] | None = None
     step: int | None = None
     fg_histogram: list[int] = field(default_factory=list)  # HIST_BINS counts over [0, 1]
+    boxes: dict[str, Any] = field(default_factory=dict)  # what the returned boxes are (any detector)
 
     def to_evidence(self) -> dict[str, Any]:
         ev: dict[str, Any] = {"threshold": self.threshold, "source": self.source, "images": self.num_images}
@@ -116,6 +127,7 @@ def measure_detector_outputs(model: nn.Module, images: Any, targets: Any = None,
             dets = io.predict(model, images)
     stats = OutputStats(threshold=threshold, source="detections", num_images=len(dets))
     stats.detections_at_threshold = [int((d["scores"] >= threshold).sum()) for d in dets]
+    stats.boxes = box_statistics(dets, [(int(im.shape[-2]), int(im.shape[-1])) for im in images], targets)
     if targets is not None:
         stats.gt_per_image = [int(t["boxes"].shape[0]) for t in targets]
     if "dense" in out and dense is not None:
@@ -127,6 +139,74 @@ def measure_detector_outputs(model: nn.Module, images: Any, targets: Any = None,
         stats.fg_quantiles, stats.fg_histogram = (_quantiles(scores), _histogram(scores)) if scores.numel() else ([], [])
         stats.per_image_max = [float(d["scores"].max()) if d["scores"].numel() else 0.0 for d in dets]
     return stats
+
+
+def box_statistics(dets: list[dict], image_hw: list[tuple[int, int]], targets: Any = None,
+                   top: int = TOP_DETECTIONS) -> dict[str, Any]:
+    """What any detector's returned boxes are: non-finite or inverted ones, ones far outside the image, the score
+    spread among an image's best detections of a class, and (with targets) the size of the detection that best
+    overlaps each object relative to the object."""
+    boxes = [d["boxes"].detach().float().cpu().reshape(-1, 4) for d in dets]
+    scores = [d["scores"].detach().float().cpu().reshape(-1) for d in dets]
+    labels = [d["labels"].detach().cpu().reshape(-1) for d in dets]
+    n = sum(len(b) for b in boxes)
+    out: dict[str, Any] = {"detections": n}
+    if n == 0:
+        return out
+    allb = torch.cat(boxes)
+    finite = torch.isfinite(allb).all(1)
+    fb = allb[finite]
+    out["nonfinite_share"] = round(float((~finite).float().mean()), 4)
+    out["inverted_or_empty_share"] = round(float(((fb[:, 2] <= fb[:, 0]) | (fb[:, 3] <= fb[:, 1])).float().mean()), 4) \
+        if fb.numel() else 0.0
+    far = []
+    for b, (h, w) in zip(boxes, image_hw):
+        b = b[torch.isfinite(b).all(1)]
+        if b.numel():
+            far.append((b[:, 0] < -0.5 * w) | (b[:, 1] < -0.5 * h) | (b[:, 2] > 1.5 * w) | (b[:, 3] > 1.5 * h))
+    out["far_outside_share"] = round(float(torch.cat(far).float().mean()), 4) if far else 0.0
+    spreads = []
+    for s_, l_ in zip(scores, labels):
+        for label in torch.unique(l_):
+            best = torch.sort(s_[l_ == label], descending=True).values[:top]
+            if best.numel() >= MIN_FOR_SPREAD:
+                spreads.append(float(best.max() - best.min()))
+    if spreads:
+        out["score_spread_top_detections_median"] = float(f"{torch.tensor(spreads).median():.3g}")
+        out["score_spread_groups"] = len(spreads)
+    if targets is not None:
+        on, off = [], []
+        for b, sc, t in zip(boxes, scores, targets):
+            gt = torch.as_tensor(t["boxes"]).detach().float().cpu().reshape(-1, 4)
+            if b.numel() == 0:
+                continue
+            hit = box_iou(b.nan_to_num(), gt).max(1).values >= 0.5 if gt.numel() else torch.zeros(len(b), dtype=torch.bool)
+            on.append(sc[hit])
+            off.append(sc[~hit])
+        if on:
+            a = auroc(torch.cat(on), torch.cat(off))
+            if a is not None:
+                out["detection_auroc"] = round(a, 3)
+        ratios = []
+        for b, t in zip(boxes, targets):
+            gt = torch.as_tensor(t["boxes"]).detach().float().cpu().reshape(-1, 4)
+            b = b[torch.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+            if gt.numel() == 0 or b.numel() == 0:
+                continue
+            iou = box_iou(gt, b)
+            best, idx = iou.max(1)
+            for g, j, v in zip(gt, idx, best):
+                if float(v) >= SIZE_MATCH_IOU:
+                    area_gt = float((g[2] - g[0]) * (g[3] - g[1]))
+                    area_det = float((b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1]))
+                    if area_gt > 0:
+                        ratios.append((area_det / area_gt) ** 0.5)
+        if ratios:
+            r = torch.tensor(ratios)
+            out["matched_objects"] = len(ratios)
+            out["size_ratio_median"] = round(float(r.median()), 3)
+            out["size_ratio_quantiles_10_90"] = [round(float(q), 3) for q in torch.quantile(r, torch.tensor([0.1, 0.9]))]
+    return out
 
 
 def _fg_scores(head_out: dict, dense: introspect.DenseParts) -> torch.Tensor:
@@ -197,12 +277,15 @@ def _regression_stats(reg: torch.Tensor, box_coder: Any, fg: torch.Tensor) -> di
 @check("monitor", "evaluation", order=50, findings=[FindingDoc(
     "output.background-collapse", "the classifier predicts background everywhere",
     "the foreground score of every location (raw head outputs) or detection: none reaching the threshold, the "
-    "p1-p99 spread, and the AUROC of locations on objects against the others",
-    needs="torchvision dense heads / box predictor for the per-location scores and the error level; else the "
-          "returned detections", severity="error when nothing reaches the threshold and objects do not outrank "
-          "background (AUROC < 0.75) or the score is constant; warning when nothing reaches it otherwise")])
+    "p1-p99 spread, and the AUROC of locations (or detections) on objects against the others",
+    needs="the contract only (the returned detections); torchvision dense heads / box predictor add per-location "
+          "scores", severity="info (inconclusive) when nothing reaches the threshold yet objects outrank background; "
+          "warning when objects do not outrank background (AUROC < 0.75) or the score is constant; error only after "
+          "2000 steps")])
 def check_background_collapse(stats: OutputStats) -> list[Finding]:
-    """output.background-collapse: no location reaches the threshold, or one score everywhere."""
+    """output.background-collapse: no location reaches the threshold, or one score everywhere. A symptom: after a
+    short run it is inconclusive (info) unless objects do not even outrank background (warning); an error only
+    after a long run (LONG_RUN steps), where it means the run will not learn."""
     if not stats.fg_quantiles:
         return []
     if stats.gt_per_image and sum(stats.gt_per_image) == 0:
@@ -210,37 +293,40 @@ def check_background_collapse(stats: OutputStats) -> list[Finding]:
     ev = stats.to_evidence()
     none_above = all(m < stats.threshold for m in stats.per_image_max) and sum(stats.detections_at_threshold) == 0
     spread = stats.fg_quantiles[3] - stats.fg_quantiles[1]
-    blind = stats.auroc is not None and stats.auroc < AUROC_COLLAPSED
+    auroc = stats.auroc if stats.auroc is not None else stats.boxes.get("detection_auroc")
+    if stats.auroc is None and auroc is not None:
+        ev["auroc_object_vs_other_detections"] = auroc
+    blind = auroc is not None and auroc < AUROC_COLLAPSED
     # only raw per-location scores can show a constant classifier; post-NMS top scores are a selection
-    constant = (spread < CONSTANT_SPREAD and stats.source != "detections"
-                and (stats.auroc is None or stats.auroc < AUROC_COLLAPSED))
+    constant = spread < CONSTANT_SPREAD and stats.source != "detections" and (auroc is None or blind)
     lo, hi = stats.fg_quantiles[1], stats.fg_quantiles[3]
+    long_run = stats.step is not None and stats.step >= LONG_RUN
     if none_above:
         collapsed = blind or constant  # measured: objects do not outrank background, or one score everywhere
         return [Finding(
-            id="output.background-collapse", severity="error" if collapsed else "warning",
+            id="output.background-collapse",
+            severity=("error" if long_run else "warning") if collapsed else "info",
             title=(f"The classifier predicts background everywhere: foreground scores {lo:.2f}-{hi:.2f}, none reaches "
-                   f"the threshold {stats.threshold:g}, so there are 0 detections" if collapsed else
-                   f"No detection reaches the threshold {stats.threshold:g} (foreground scores {lo:.2f}-{hi:.2f})"
-                   + (", although objects score higher than background" if stats.auroc is not None else "")),
+                   f"{stats.threshold:g}, and objects do not score above background" if collapsed else
+                   f"Inconclusive: no detection reaches {stats.threshold:g} yet (foreground scores {lo:.2f}-{hi:.2f})"
+                   + (", although objects already score above background" if auroc is not None else "")),
             evidence=ev,
             cause=("The classifier learned the average positive rate, not where objects are — typical when positives are "
-                   "assigned without regard to the objects (see assignment.low-iou-positives) or when the loss is "
+                   "assigned without regard to the objects (see assignment.location-blind) or when the loss is "
                    "dominated by background." if collapsed else
-                   "Training is short, or the threshold is high for this model's calibration."),
+                   "Early in training scores stay low; it says nothing about the model yet."),
             fix=("Fix the target assignment first (IoU matching), then check the classification loss's positive/negative "
                  "balance (hard-negative mining or focal loss). Lowering the threshold only hides the problem."
-                 if collapsed else
-                 "Train longer, or choose the threshold on the validation split (the score histogram shows where objects lie)."),
+                 if collapsed else "Train longer; judge the threshold on the validation split once the model has trained."),
             where=stats.source)]
     if constant:
         return [Finding(
-            id="output.background-collapse", severity="error",
+            id="output.background-collapse", severity="error" if long_run else "warning",
             title=f"The classifier gives every location the same foreground score ({lo:.2f}-{hi:.2f}): it does not see objects",
             evidence=ev,
             cause="A constant score means the classifier learned only the prior; usually the positives it was trained on "
                   "do not correspond to the objects.",
-            fix="Check the target assignment (assignment.low-iou-positives) and that labels reach the loss.",
+            fix="Check the target assignment (assignment.location-blind) and that labels reach the loss.",
             where=stats.source)]
     return []
 
@@ -320,3 +406,78 @@ def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float 
               "where objects are (check assignment.low-iou-positives and the score histogram).",
         fix="If training was short, train longer; otherwise fix the assignment/loss balance rather than lowering the threshold.",
         where="detection_stats.json")]
+
+
+@check("monitor", "evaluation", order=54, findings=[FindingDoc(
+    "output.boxes-invalid", "boxes that are not boxes: non-finite, inverted (x2 <= x1) or far outside the image",
+    "the boxes any detector returns in eval mode: the share that are non-finite, inverted or empty, and the share "
+    "reaching more than half an image beyond its border", severity=f"error for non-finite boxes or more than "
+    f"{INVERTED_ERROR:.0%} inverted; warning when more than 10 % lie far outside the image")])
+def check_boxes_invalid(stats: OutputStats) -> list[Finding]:
+    b = stats.boxes
+    if not b.get("detections"):
+        return []
+    bad = b.get("nonfinite_share", 0) > 0 or b.get("inverted_or_empty_share", 0) > INVERTED_ERROR
+    far = b.get("far_outside_share", 0) > 0.1
+    if not bad and not far:
+        return []
+    what = (f"{b['nonfinite_share']:.0%} non-finite" if b.get("nonfinite_share") else
+            f"{b.get('inverted_or_empty_share', 0):.0%} inverted or empty (x2 <= x1 or y2 <= y1)" if bad else
+            f"{b['far_outside_share']:.0%} reaching more than half an image beyond the border")
+    return [Finding(
+        id="output.boxes-invalid", severity="error" if bad else "warning",
+        title=f"The model returns boxes that are not boxes: {what}",
+        evidence={**b, "threshold": stats.threshold, **({"step": stats.step} if stats.step is not None else {})},
+        cause="The decoding of the box outputs is wrong: corners computed with a sign or index swapped, (cx, cy, w, h) "
+              "returned where (x1, y1, x2, y2) is expected, or unbounded deltas decoded with exp() without a clamp.",
+        fix="Return boxes as (x1, y1, x2, y2) pixels of the input image; decode with the same box coder used to encode "
+            "the targets (torchvision.ops.box_convert for cxcywh), clamp log-size deltas, clip to the image.",
+        where=stats.source)]
+
+
+@check("evaluation", order=55, findings=[FindingDoc(
+    "output.size-bias", "predicted boxes are systematically larger or smaller than the objects",
+    "after training, the side ratio sqrt(area) of the detection that best overlaps each object to the object's",
+    severity=f"error when the median ratio is beyond {SIZE_ERROR:.3f} or below {1 / SIZE_ERROR:.3f} (a box so scaled "
+             f"cannot reach IoU 0.5 even where it is placed right); warning beyond {SIZE_WARNING} or below "
+             f"{1 / SIZE_WARNING}")])
+def check_size_bias(stats: OutputStats) -> list[Finding]:
+    b = stats.boxes
+    r = b.get("size_ratio_median")
+    if r is None or b.get("matched_objects", 0) < 8:
+        return []
+    if 1 / SIZE_WARNING <= r <= SIZE_WARNING:
+        return []
+    severe = r < 1 / SIZE_ERROR or r > SIZE_ERROR
+    return [Finding(
+        id="output.size-bias", severity="error" if severe else "warning",
+        title=f"The model's boxes are {r:.2f}x the objects' size (median over {b['matched_objects']} objects): "
+              + ("too small" if r < 1 else "too large"),
+        evidence={k: b[k] for k in ("matched_objects", "size_ratio_median", "size_ratio_quantiles_10_90") if k in b},
+        cause="A systematic scale error between how the box targets are encoded and how the outputs are decoded "
+              "(half-widths used as widths, a size scaled by the stride twice, priors of another frame).",
+        fix="Decode the outputs with the inverse of the target encoding (one box coder for both), and check the "
+            "decoded boxes of a training image against its ground truth.",
+        where=stats.source)]
+
+
+@check("monitor", "evaluation", order=56, findings=[FindingDoc(
+    "output.location-blind", "the class scores do not vary with location: the classifier does not look at places",
+    "after training, the spread of the scores of an image's best detections of one class (a classifier that pools "
+    "away location gives the same score everywhere)", severity=f"error when the median spread is below "
+    f"{CONSTANT_SCORES:g}")])
+def check_location_blind_scores(stats: OutputStats) -> list[Finding]:
+    spread = stats.boxes.get("score_spread_top_detections_median")
+    if spread is None or spread >= CONSTANT_SCORES:
+        return []
+    return [Finding(
+        id="output.location-blind", severity="error",
+        title=f"Every place gets the same class score (spread {spread:.1g} among an image's best detections of a "
+              "class): the scores do not depend on where in the image",
+        evidence={k: stats.boxes[k] for k in ("score_spread_top_detections_median", "score_spread_groups", "detections")},
+        cause="The classification branch pools the feature map (global average pooling, a flatten + linear over the "
+              "image) and broadcasts one score to every cell, so it can say which classes the image holds but not "
+              "where; every box of a class then gets the same score and NMS keeps arbitrary ones.",
+        fix="Predict class scores per location with a convolution over the feature map (as the box branch does), "
+            "not from a pooled vector.",
+        where=stats.source)]

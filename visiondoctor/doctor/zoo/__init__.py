@@ -8,6 +8,12 @@ warning); the healthy twin must raise no error. `benchmarks/doctor.py` prints th
 """
 from __future__ import annotations
 
-from visiondoctor.doctor.zoo.case import ZOO, ZooCase, ZooOutcome, evaluate_case, run_case
+from visiondoctor.doctor.zoo.case import (
+    ZOO,
+    ZooCase,
+    ZooOutcome,
+    evaluate_case,
+    run_case,
+)
 
 __all__ = ["ZOO", "ZooCase", "ZooOutcome", "evaluate_case", "run_case"]

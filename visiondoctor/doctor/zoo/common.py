@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.anchor_utils import (
+    AnchorGenerator,
+    DefaultBoxGenerator,
+)
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.ops import MultiScaleRoIAlign

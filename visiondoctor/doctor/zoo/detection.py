@@ -15,7 +15,13 @@ from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.doctor.training import train_briefly
 from visiondoctor.doctor.zoo.case import ZooCase, register
-from visiondoctor.doctor.zoo.common import ListDataset, batch, squares, tiny_faster_rcnn, tiny_ssd
+from visiondoctor.doctor.zoo.common import (
+    ListDataset,
+    batch,
+    squares,
+    tiny_faster_rcnn,
+    tiny_ssd,
+)
 from visiondoctor.doctor.zoo.dense import DenseGridDetector
 
 

@@ -12,7 +12,12 @@ from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.doctor.training import train_briefly
 from visiondoctor.doctor.zoo.case import ZooCase, register
-from visiondoctor.doctor.zoo.common import ListDataset, TinyBackbone, masks_from_squares, squares
+from visiondoctor.doctor.zoo.common import (
+    ListDataset,
+    TinyBackbone,
+    masks_from_squares,
+    squares,
+)
 from visiondoctor.doctor.zoo.segmentation import TinyFCN
 from visiondoctor.evaluation.segmentation import ConfusionMatrix
 
