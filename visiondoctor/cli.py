@@ -27,7 +27,7 @@ from visiondoctor.incremental.task import IncrementalOptions, run_phases
 from visiondoctor.models.detection import WeightsUnavailable
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.presets import preset_path
-from visiondoctor.report.compare import ComparisonError, build_comparison_report
+from visiondoctor.report.compare import Comparison, ComparisonError, compare_runs, difference_rows, interval_rows
 from visiondoctor.rundir import RunDir
 from visiondoctor.safety import forbid_unpickling
 from visiondoctor.tasks import pipeline
@@ -199,8 +199,24 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    console.print(f"comparison report: {build_comparison_report([Path(r) for r in args.runs], Path(args.out))}")
+    comparison = compare_runs([Path(r) for r in args.runs], Path(args.out))
+    _print_comparison(comparison)
+    console.print(f"comparison report: {comparison.path}")
     return 0
+
+
+def _print_comparison(comparison: Comparison) -> None:
+    """Each run's mAP with its interval, then every pair's difference and whether it is significant."""
+    if comparison.significance is None:
+        console.print(f"no confidence intervals: {comparison.no_significance_reason}", markup=False)
+        return
+    for columns, rows in (interval_rows(comparison.runs, comparison.significance),
+                          difference_rows(comparison.significance)):
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        console.print(table)
+    console.print(comparison.significance.describe(), markup=False)
 
 
 @command("data")
