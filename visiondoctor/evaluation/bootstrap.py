@@ -42,6 +42,8 @@ RESAMPLES = 1000
 SEED = 0
 CONFIDENCE = 0.95
 DEFAULT_METRICS = ("map", "map50")
+METRIC_LABELS = {"map": "mAP@[.5:.95]", "map50": "mAP@.5", "map75": "mAP@.75", "map_small": "mAP small",
+                 "map_medium": "mAP medium", "map_large": "mAP large"}
 # metric -> (COCO area range label, IoU-threshold index or None for the mean over 0.50:0.95)
 METRICS: dict[str, tuple[str, int | None]] = {
     "map": ("all", None), "map50": ("all", 0), "map75": ("all", 5),
@@ -76,8 +78,27 @@ class Difference(Interval):
         """The interval of the difference excludes 0."""
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
+    def oriented(self, a: str, b: str) -> Difference:
+        """The same difference as `a` minus `b` (sign and interval flipped when stored the other way)."""
+        if (self.a, self.b) == (a, b):
+            return self
+        if (self.a, self.b) != (b, a):
+            raise ValueError(f"difference of {self.a} and {self.b}, not of {a} and {b}")
+        return Difference(_negated(self.value), _negated(self.high), _negated(self.low), a, b, self.metric)
+
+    def signed(self) -> str:
+        """`+0.052 [+0.031, +0.074]`."""
+        if self.value is None:
+            return "n/a"
+        bounds = "" if self.low is None else f" [{self.low:+.3f}, {self.high:+.3f}]"
+        return f"{self.value:+.3f}{bounds}"
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "significant": self.significant}
+
+
+def _negated(v: float | None) -> float | None:
+    return None if v is None else -v
 
 
 def _fmt(v: float | None) -> str:
@@ -227,3 +248,17 @@ def bootstrap_interval(gt: Mapping[str, Any], predictions: Sequence[Mapping[str,
                        confidence: float = CONFIDENCE) -> dict[str, Interval]:
     """One model's metrics with their bootstrap intervals."""
     return compare_predictions(gt, {"model": predictions}, keys, resamples, seed, confidence).intervals["model"]
+
+
+def side_by_side(comparison: BootstrapComparison, first: str, second: str,
+                 keys: Sequence[str] = DEFAULT_METRICS) -> list[list[str]]:
+    """Rows of a two-model table: metric, `first` [95 % interval], `second` [interval], the ratio
+    second / first, and second - first with its paired interval, marked when significant."""
+    rows = []
+    for key in keys:
+        a, b = comparison.intervals[first][key], comparison.intervals[second][key]
+        diff = comparison.difference(first, second, key).oriented(second, first)
+        ratio = f"{b.value / a.value:.2f}" if a.value and b.value is not None else "n/a"
+        verdict = "significant" if diff.significant else "not significant"
+        rows.append([METRIC_LABELS[key], str(a), str(b), ratio, f"{diff.signed()} {verdict}"])
+    return rows

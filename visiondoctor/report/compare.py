@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from visiondoctor.evaluation.bootstrap import BootstrapComparison, Difference, compare_scores, image_scores
+from visiondoctor.evaluation.bootstrap import BootstrapComparison, compare_scores, image_scores
 from visiondoctor.findings import severity_counts, sort_findings
 from visiondoctor.report import plots
 from visiondoctor.report.curves import component_name, gap, loss_columns
@@ -237,7 +237,7 @@ def recommendation(runs: Sequence[Run], significance: BootstrapComparison | None
         diff = significance.difference(best.name, second.name, "map") if significance else None
         if diff is not None and not diff.significant:
             line = (f"Recommendation: no clear winner on accuracy: {best.name} ({best.map:.3f}) and {second.name} "
-                    f"({second.map:.3f}) differ by {_signed(diff)}, within the noise of the "
+                    f"({second.map:.3f}) differ by {diff.signed()} (95 % interval), within the noise of the "
                     f"{significance.images} evaluated images")
         elif diff is None and margin < TIE:
             line = (f"Recommendation: no clear winner on accuracy: {best.name} ({best.map:.3f}) and "
@@ -245,7 +245,7 @@ def recommendation(runs: Sequence[Run], significance: BootstrapComparison | None
         else:
             line += f", {margin:.3f} above {second.name} ({second.map:.3f})"
             if diff is not None:
-                line += f", a significant difference ({_signed(diff)})"
+                line += f", a significant difference ({diff.signed()}, 95 % interval)"
     fast = {r.name: lat[0] for r in runs if (lat := _latency(r))}
     if len(fast) > 1:
         fastest = min(fast, key=fast.get)
@@ -257,10 +257,6 @@ def recommendation(runs: Sequence[Run], significance: BootstrapComparison | None
     if judgement.startswith("overfitting"):
         line += f". Its curves show {judgement.split(';')[0]}"
     return line + "."
-
-
-def _signed(d: Difference) -> str:
-    return f"{d.value:+.3f}, 95 % interval {d.low:+.3f} to {d.high:+.3f}" if d.low is not None else f"{d.value:+.3f}"
 
 
 def significance_section(significance: BootstrapComparison | None) -> Section | None:
