@@ -140,7 +140,7 @@ def main() -> None:
         for label, *cells in side_by_side(comparison, "reference", "visiondoctor", SCORED):
             print("| " + " | ".join([f"{split} {label}", *cells]) + " |")
     print(f"| train images/s | {ref_rate:.1f} | {ours_rate:.1f} | {ours_rate / ref_rate:.2f} | |")
-    print(f"\nmAP figures: {comparison.describe()} ({len(data.val.records)} val / {len(data.test.records)} test).")
+    print(f"\nmAP figures, per split: {comparison.describe()}.")
     verdict = "met" if min(held_out.values()) >= TARGET_MAP50 else "NOT met"
     print(f"target mAP@.5 >= {TARGET_MAP50} on both held-out splits: {verdict} "
           f"(val {held_out['val']:.3f}, test {held_out['test']:.3f})")

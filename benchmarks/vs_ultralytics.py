@@ -56,6 +56,11 @@ What each side does:
 - Parameters: ours as trained and deployed (one model); theirs as trained (YOLO26 trains a second,
   one-to-one head) and as deployed (fused, that head removed).
 
+Duration (2-core CPU): the time mode is 2 x --minutes of training per dataset plus set-up,
+prediction and timing (a few minutes); the epochs mode on shapes is dominated by Ultralytics at
+~10 images/s (the hand measurement of issue 16, YOLO11n at 320 px): 5 epochs x 3000 images is
+~25 minutes for that side alone. The defaults run everything: budget about two hours.
+
 Printed: one table per dataset and budget, theirs | ours | ours/theirs | ours - theirs with its
 interval; everything also lands in OUT/result.json. Smoke-test with tiny budgets, e.g.
 `--minutes 0.1 --epochs 1 --shapes-sizes 48,16,16 --repeats 3`.

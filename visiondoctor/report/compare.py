@@ -185,7 +185,7 @@ def interval_rows(runs: Sequence[Run], significance: BootstrapComparison) -> tup
 def difference_rows(significance: BootstrapComparison) -> tuple[list[str], list[list[Any]]]:
     """Every pair's difference (higher minus lower), its paired interval and whether it is significant."""
     columns = ["metric", "runs (higher − lower)", "difference [95 % interval]", "significant"]
-    rows = [[METRIC_NAMES[d.metric], f"{d.a} − {d.b}", str(d), "yes" if d.significant else "no"]
+    rows = [[METRIC_NAMES[d.metric], f"{d.a} − {d.b}", d.signed(), "yes" if d.significant else "no"]
             for d in significance.differences]
     return columns, rows
 
