@@ -3,14 +3,21 @@ torchvision's contract (losses in train mode, detections in eval mode); speed me
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from test_bootstrap import ground_truth, results
 from tiny import SquaresDataset
+from visiondoctor.cli import main
+from visiondoctor.evaluation.coco import evaluate_detections
 from visiondoctor.evaluation.speed import count_params, measure_model
 from visiondoctor.models.registry import available_models, create_model
+from visiondoctor.report.compare import compare_runs
 
 HAS_EFFDET = importlib.util.find_spec("effdet") is not None
 
@@ -151,3 +158,47 @@ def test_stride8_level_learns_and_detects():
     assert_valid_detections(model, 3, 50, 70)
     with pytest.raises(ValueError, match="finest_stride must be 8 or 16"):
         create_model("ssdlite_mobilenet_v3_small", num_classes=3, finest_stride=4)
+
+
+# ----- `visiondoctor compare`: intervals and the paired test --------------------------------------
+def write_evaluated_run(root: Path, name: str, gt: dict, predictions: list[dict]) -> Path:
+    """A run directory as `eval` leaves it: config.yaml, gt.json, predictions.json and the metrics.json
+    they give."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "task": "detection", "data": {"path": "shapes"},
+                                                     "model": {"name": "ssdlite_mobilenet_v3_small"}}))
+    (run / "gt.json").write_text(json.dumps(gt))
+    (run / "predictions.json").write_text(json.dumps(predictions))
+    (run / "metrics.json").write_text(json.dumps(evaluate_detections(gt, predictions)))
+    return run
+
+
+def test_compare_prints_intervals_and_marks_significant_differences(tmp_path, capsys):
+    gt = ground_truth(60, seed=7)
+    good = write_evaluated_run(tmp_path, "good", gt, results(gt, recall=0.9, seed=1))
+    poor = write_evaluated_run(tmp_path, "poor", gt, results(gt, recall=0.3, seed=2))
+    assert main(["compare", str(poor), str(good), "--out", str(tmp_path / "cmp.html")]) == 0
+    printed = capsys.readouterr().err
+    good_map = json.loads((good / "metrics.json").read_text())["map"]
+    assert f"{good_map:.3f} [" in printed  # mAP with its interval
+    assert "good − poor" in printed and "yes" in printed and "1000 resamples" in printed
+    html = (tmp_path / "cmp.html").read_text(encoding="utf-8")
+    assert ">Is the difference real?</h2>" in html and "a significant difference (+" in html
+    assert "mAP 95 % interval" in html
+
+
+def test_compare_calls_identical_runs_no_clear_winner(tmp_path):
+    gt = ground_truth(40, seed=8)
+    predictions = results(gt, recall=0.7, seed=3)
+    a = write_evaluated_run(tmp_path, "a", gt, predictions)
+    b = write_evaluated_run(tmp_path, "b", gt, predictions)
+    comparison = compare_runs([a, b], tmp_path / "same.html")
+    assert comparison.significance is not None
+    assert not comparison.significance.difference("a", "b", "map").significant
+    assert "no clear winner on accuracy" in comparison.path.read_text(encoding="utf-8")
+    # predictions.json from another evaluation than metrics.json: no interval, and the report says why
+    (b / "predictions.json").write_text(json.dumps(results(gt, recall=0.2, seed=4)))
+    stale = compare_runs([a, b], tmp_path / "stale.html")
+    assert stale.significance is None and "metrics.json says" in stale.no_significance_reason
+    assert "No confidence intervals" in stale.path.read_text(encoding="utf-8")

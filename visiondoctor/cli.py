@@ -14,7 +14,8 @@ import visiondoctor.early_exit  # noqa: F401 - importing a feature registers its
 import visiondoctor.incremental  # noqa: F401
 import visiondoctor.text_query  # noqa: F401
 from visiondoctor.config import Config, ConfigError, load_config
-from visiondoctor.data.formats import load_detection
+from visiondoctor.data.formats import list_splits, load_detection, match_split
+from visiondoctor.data.formats.yolo import YoloWrite, write_yolo
 from visiondoctor.data.samples import DataError
 from visiondoctor.data.synth import generate
 from visiondoctor.data.validate import convert, format_report, validate
@@ -26,7 +27,7 @@ from visiondoctor.incremental.task import IncrementalOptions, run_phases
 from visiondoctor.models.detection import WeightsUnavailable
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.presets import preset_path
-from visiondoctor.report.compare import ComparisonError, build_comparison_report
+from visiondoctor.report.compare import Comparison, ComparisonError, compare_runs, difference_rows, interval_rows
 from visiondoctor.rundir import RunDir
 from visiondoctor.safety import forbid_unpickling
 from visiondoctor.tasks import pipeline
@@ -198,8 +199,24 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    console.print(f"comparison report: {build_comparison_report([Path(r) for r in args.runs], Path(args.out))}")
+    comparison = compare_runs([Path(r) for r in args.runs], Path(args.out))
+    _print_comparison(comparison)
+    console.print(f"comparison report: {comparison.path}")
     return 0
+
+
+def _print_comparison(comparison: Comparison) -> None:
+    """Each run's mAP with its interval, then every pair's difference and whether it is significant."""
+    if comparison.significance is None:
+        console.print(f"no confidence intervals: {comparison.no_significance_reason}", markup=False)
+        return
+    for columns, rows in (interval_rows(comparison.runs, comparison.significance),
+                          difference_rows(comparison.significance)):
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        console.print(table)
+    console.print(comparison.significance.describe(), markup=False)
 
 
 @command("data")
@@ -213,12 +230,37 @@ def cmd_data(args: argparse.Namespace) -> int:
         report = validate(load_detection(args.path, args.format, args.split))
         print(format_report(report))
         return 1 if report.refused else 0  # refused records would be lost: not usable as is
+    if args.data_command == "convert" and args.to == "yolo":
+        for w in convert_to_yolo(args.path, args.format, args.split, args.out):
+            console.print(f"written split {w.split}: {w.images} images, {w.boxes} boxes -> {w.images_dir} "
+                          f"(ground truth {w.coco_gt.name})" + (f"; {w.crowd_skipped} crowd boxes left out"
+                                                                 if w.crowd_skipped else ""))
+        console.print(f"YOLO dataset: {Path(args.out).absolute() / 'data.yaml'}")
+        return 0
     if args.data_command == "convert":
         result = convert(args.path, args.format, args.split, args.out)
         console.print(f"written {result.out_path} ({len(result.index.records)} images, {result.index.num_boxes} boxes; "
                       f"file names relative to {result.images_root})")
         return 0
     raise AssertionError(args.data_command)
+
+
+def convert_to_yolo(path: str | Path, format: str, split: str | None, out: str | Path) -> list[YoloWrite]:
+    """Every split of a dataset (or `split`) written under `out` in Ultralytics' layout by write_yolo,
+    every split with the training split's class order; split folders named as YOLO tools expect them
+    (Roboflow's `valid` -> `val`). A dataset without splits is written as `split` or `train`."""
+    available = list_splits(path, format)
+    if not available:
+        index = load_detection(path, format, None)
+        return [write_yolo(index, out, split or "train", index.categories)]
+    train = match_split("train", available)
+    categories = load_detection(path, format, train).categories if train else None
+    written = []
+    for name in [split] if split else available:
+        index = load_detection(path, format, name)
+        written.append(write_yolo(index, out, match_split(name, ["train", "val", "test"]) or name,
+                                  categories if categories is not None else index.categories))
+    return written
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -377,12 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("path")
     q.add_argument("--format", default="auto")
     q.add_argument("--split", default=None)
-    q = dsub.add_parser("convert", help="convert a dataset to COCO JSON")
+    q = dsub.add_parser("convert", help="convert a dataset to COCO JSON, or to a YOLO folder (every split)")
     q.add_argument("path")
     q.add_argument("--format", default="auto")
-    q.add_argument("--split", default=None)
-    q.add_argument("--to", default="coco", choices=["coco"])
-    q.add_argument("--out", required=True)
+    q.add_argument("--split", default=None, help="one split (YOLO: default every split)")
+    q.add_argument("--to", default="coco", choices=["coco", "yolo"])
+    q.add_argument("--out", required=True, help="COCO: the .json file; YOLO: the folder (images/ labels/ data.yaml)")
 
     sub.add_parser("models", help="list the registered models")
     return parser

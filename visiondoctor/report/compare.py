@@ -11,15 +11,24 @@ Runs evaluated on different data are refused (ComparisonError naming the runs): 
 evaluated images in gt.json (ids and file names) must agree; without gt.json in every run,
 config.yaml's data.path / data.synth and eval.split must. Loss curves are compared per
 epoch (runs may differ in batch size, so steps do not line up).
+
+When every run has gt.json and predictions.json (what `train` and `eval` write) and they
+reproduce its metrics.json, mAP and AP50 get 95 % bootstrap intervals over the evaluated
+images and every pair of runs a paired test (visiondoctor.evaluation.bootstrap): the report
+and `compare_runs(...).significance` say which differences are larger than the noise of
+the split. Otherwise the report says why there are no intervals, and a margin below TIE
+is called no clear winner.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from visiondoctor.evaluation.bootstrap import BootstrapComparison, compare_scores, image_scores
 from visiondoctor.findings import severity_counts, sort_findings
 from visiondoctor.report import plots
 from visiondoctor.report.curves import component_name, gap, loss_columns
@@ -31,7 +40,10 @@ from visiondoctor.rundir import RunDir, write_bytes_atomic
 
 COMPARED_METRICS = {"map": "mAP@[.5:.95]", "map50": "AP50", "map75": "AP75", "mar_100": "AR@100",
                     "map_small": "AP small", "map_medium": "AP medium", "map_large": "AP large"}
-TIE = 0.01  # mAP differences below this are not called a win
+TIE = 0.01  # without per-image results: mAP differences below this are not called a win
+SIGNIFICANCE_METRICS = ("map", "map50")
+METRIC_NAMES = {"map": "mAP", "map50": "AP50"}
+REPRODUCE_TOLERANCE = 1e-6  # predictions.json must give metrics.json's mAP to this
 
 
 class ComparisonError(ValueError):
@@ -106,24 +118,80 @@ def check_same_data(runs: Sequence[Run]) -> None:
                               "Evaluate them on the same split (`visiondoctor eval RUN --split ...`) before comparing.")
 
 
-def build_comparison_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Write the comparison report of `run_dirs` to `out` and return its path."""
+def run_significance(runs: Sequence[Run]) -> tuple[BootstrapComparison | None, str]:
+    """Bootstrap intervals and paired differences from the runs' gt.json and predictions.json, or
+    None and the reason there are none."""
+    scores = {}
+    for r in runs:
+        gt, predictions = read_json(r.run, "gt.json"), read_json(r.run, "predictions.json")
+        if not isinstance(gt, dict) or not isinstance(predictions, list):
+            return None, f"{r.name} has no gt.json / predictions.json (evaluate it with `visiondoctor eval`)"
+        try:
+            scores[r.name] = image_scores(gt, predictions)
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, f"{r.name}: its predictions.json cannot be evaluated against its gt.json ({exc})"
+        reproduced = scores[r.name].metrics(None, ("map",))["map"]
+        if r.map is None or reproduced is None or abs(reproduced - r.map) > REPRODUCE_TOLERANCE:
+            return None, (f"{r.name}: predictions.json and gt.json give mAP {reproduced}, metrics.json says {r.map} "
+                          "(files from different evaluations)")
+    try:
+        return compare_scores(scores, SIGNIFICANCE_METRICS), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+@dataclass
+class Comparison:
+    """What `visiondoctor compare` produced: the report and, when measurable, the intervals."""
+
+    path: Path
+    runs: list[Run]
+    significance: BootstrapComparison | None
+    no_significance_reason: str
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Comparison:
+    """Compare `run_dirs` (same evaluated images), write the report to `out` (an .html path; a folder
+    gets comparison.html)."""
     runs = load_runs(run_dirs)
     check_same_data(runs)
+    significance, reason = run_significance(runs)
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / "comparison.html"
-    sections = [s for s in (summary_section(runs), metrics_section(runs), per_class_section(runs),
-                            curves_section(runs), gap_section(runs), speed_section(runs)) if s is not None]
+    sections = [s for s in (summary_section(runs, significance, reason), significance_section(significance),
+                            metrics_section(runs), per_class_section(runs), curves_section(runs), gap_section(runs),
+                            speed_section(runs)) if s is not None]
     save_figures(sections, out.parent / f"{out.stem}_plots")
     html = render_page(f"visiondoctor comparison — {', '.join(r.name for r in runs)}", sections,
                        subtitle=" · ".join(str(r.run.path.resolve()) for r in runs))
-    return write_bytes_atomic(out, html.encode("utf-8"))
+    return Comparison(write_bytes_atomic(out, html.encode("utf-8")), runs, significance, reason)
+
+
+def build_comparison_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write the comparison report of `run_dirs` to `out` and return its path."""
+    return compare_runs(run_dirs, out).path
 
 
 # ---------------------------------------------------------------- sections
 
-def summary_section(runs: Sequence[Run]) -> Section:
+def interval_rows(runs: Sequence[Run], significance: BootstrapComparison) -> tuple[list[str], list[list[Any]]]:
+    """Each run's metrics with their intervals: the table of the report and of the console."""
+    columns = ["run", "model"] + [f"{METRIC_NAMES[k]} [95 % interval]" for k in SIGNIFICANCE_METRICS]
+    return columns, [[r.name, r.model] + [str(significance.intervals[r.name][k]) for k in SIGNIFICANCE_METRICS]
+                     for r in runs]
+
+
+def difference_rows(significance: BootstrapComparison) -> tuple[list[str], list[list[Any]]]:
+    """Every pair's difference (higher minus lower), its paired interval and whether it is significant."""
+    columns = ["metric", "runs (higher − lower)", "difference [95 % interval]", "significant"]
+    rows = [[METRIC_NAMES[d.metric], f"{d.a} − {d.b}", d.signed(), "yes" if d.significant else "no"]
+            for d in significance.differences]
+    return columns, rows
+
+
+def summary_section(runs: Sequence[Run], significance: BootstrapComparison | None = None,
+                    no_significance_reason: str = "") -> Section:
     rows = []
     for r in runs:
         findings = read_json(r.run, "diagnosis.json")
@@ -139,8 +207,15 @@ def summary_section(runs: Sequence[Run]) -> Section:
         epochs = [e for e in (finite(h.get("epoch")) for h in r.history) if e is not None]
         rows.append([r.name, r.model, cfg(r.config, "model.image_size"), max(epochs) if epochs else None,
                      r.metrics.get("num_images"), r.map, doctor])
-    blocks: list[Any] = [Paragraph(recommendation(runs)),
-                         Table(["run", "model", "input size [px]", "last epoch", "evaluated images", "mAP", "doctor"], rows)]
+    columns = ["run", "model", "input size [px]", "last epoch", "evaluated images", "mAP", "doctor"]
+    if significance is not None:
+        columns.insert(6, "mAP 95 % interval")
+        for row, r in zip(rows, runs):
+            iv = significance.intervals[r.name]["map"]
+            row.insert(6, "n/a" if iv.low is None else f"{iv.low:.3f} – {iv.high:.3f}")
+    blocks: list[Any] = [Paragraph(recommendation(runs, significance)), Table(columns, rows)]
+    if significance is None and no_significance_reason:
+        blocks.append(Paragraph(f"No confidence intervals: {no_significance_reason}.", "note"))
     subsets = [r.name for r in runs if isinstance(r.metrics.get("subset"), dict)]
     if subsets:
         blocks.append(Paragraph(f"Evaluated on a subset of the split: {', '.join(subsets)}. Differences smaller than "
@@ -148,8 +223,9 @@ def summary_section(runs: Sequence[Run]) -> Section:
     return Section("Comparison summary", blocks)
 
 
-def recommendation(runs: Sequence[Run]) -> str:
-    """One line grounded in the numbers: best mAP, its margin, and speed when measured."""
+def recommendation(runs: Sequence[Run], significance: BootstrapComparison | None = None) -> str:
+    """One line grounded in the numbers: best mAP, its margin (and whether it is larger than the
+    split's noise, when measured), and speed when measured."""
     scored = sorted((r for r in runs if r.map is not None), key=lambda r: -(r.map or 0))
     if not scored:
         return "No run has metrics.json: evaluate the runs before comparing them."
@@ -158,11 +234,18 @@ def recommendation(runs: Sequence[Run]) -> str:
     if len(scored) > 1:
         second = scored[1]
         margin = best.map - second.map
-        if margin < TIE:
+        diff = significance.difference(best.name, second.name, "map") if significance else None
+        if diff is not None and not diff.significant:
+            line = (f"Recommendation: no clear winner on accuracy: {best.name} ({best.map:.3f}) and {second.name} "
+                    f"({second.map:.3f}) differ by {diff.signed()} (95 % interval), within the noise of the "
+                    f"{significance.images} evaluated images")
+        elif diff is None and margin < TIE:
             line = (f"Recommendation: no clear winner on accuracy: {best.name} ({best.map:.3f}) and "
                     f"{second.name} ({second.map:.3f}) are within {TIE}")
         else:
             line += f", {margin:.3f} above {second.name} ({second.map:.3f})"
+            if diff is not None:
+                line += f", a significant difference ({diff.signed()}, 95 % interval)"
     fast = {r.name: lat[0] for r in runs if (lat := _latency(r))}
     if len(fast) > 1:
         fastest = min(fast, key=fast.get)
@@ -174,6 +257,16 @@ def recommendation(runs: Sequence[Run]) -> str:
     if judgement.startswith("overfitting"):
         line += f". Its curves show {judgement.split(';')[0]}"
     return line + "."
+
+
+def significance_section(significance: BootstrapComparison | None) -> Section | None:
+    if significance is None:
+        return None
+    return Section("Is the difference real?", [
+        Table(*difference_rows(significance)),
+        Paragraph(f"{significance.describe()}. Both runs of a pair are scored on the same "
+                  "resampled images (a paired bootstrap), which removes the variation of the images they share; "
+                  "the interval says nothing about how much another training seed would move a run.", "note")])
 
 
 def metrics_section(runs: Sequence[Run]) -> Section | None:
