@@ -22,6 +22,7 @@ from visiondoctor.doctor.probe import model_device, to_device
 from visiondoctor.engine.trainer import build_optimizer
 
 DIVERGED = 4.0  # loss above this multiple of the lowest one seen: the step size has blown the fit up
+ONSET_DROP = 0.1  # the loss has clearly started to fall once it is 10 % below where it started
 
 
 @dataclass
@@ -30,10 +31,12 @@ class RangeTest:
     losses: list[float] = field(default_factory=list)
     diverged_at: float | None = None  # the first learning rate at which the loss blew up
     steepest: float | None = None  # the learning rate where the loss fell fastest (smoothed)
+    onset: float | None = None  # the lowest learning rate at which the loss had fallen by ONSET_DROP
     configured: float = 0.0
 
     def to_evidence(self) -> dict[str, Any]:
-        return {"configured_lr": self.configured, "steepest_descent_lr": _round(self.steepest),
+        return {"configured_lr": self.configured, "loss_starts_falling_at_lr": _round(self.onset),
+                "steepest_descent_lr": _round(self.steepest),
                 "diverges_from_lr": _round(self.diverged_at), "lr_tested": [_round(self.lrs[0]), _round(self.lrs[-1])] if self.lrs else [],
                 "steps": len(self.losses), "loss_first_last": [round(self.losses[0], 5), round(self.losses[-1], 5)] if self.losses else []}
 
@@ -72,7 +75,21 @@ def lr_range_test(model: nn.Module, io: ModelIO, images: Any, targets: Any, cfg:
         optimizer.step()
         lr *= factor
     result.steepest = _steepest(result)
+    result.onset = _onset(result)
     return result
+
+
+def _onset(result: RangeTest) -> float | None:
+    """The first learning rate after which the (3-point smoothed) loss stays below (1 - ONSET_DROP) of the start."""
+    losses = result.losses[: len(result.losses) - (1 if result.diverged_at is not None else 0)]
+    if len(losses) < 5 or not math.isfinite(losses[0]) or losses[0] <= 0:
+        return None
+    smooth = [sum(losses[max(0, i - 1): i + 2]) / len(losses[max(0, i - 1): i + 2]) for i in range(len(losses))]
+    start = smooth[0]
+    for i, v in enumerate(smooth):
+        if v < (1 - ONSET_DROP) * start:
+            return result.lrs[i]
+    return None
 
 
 def _steepest(result: RangeTest) -> float | None:

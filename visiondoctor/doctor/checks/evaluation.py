@@ -67,6 +67,26 @@ def check_sample_size(metrics: Mapping[str, Any], metric: str | None = None) -> 
         where=metric)]
 
 
+NOISE_MULTIPLE = 3.0  # a rise within 3 standard deviations of one evaluation's noise is not a rise
+MAX_CURVE_POINTS = 50
+
+
+def _epoch_means(series: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One value per epoch (the mean of the rows logged during it: training rows come every few steps)."""
+    sums: dict[int, list[float]] = {}
+    for epoch, v in series:
+        sums.setdefault(epoch, []).append(v)
+    return [(e, sum(vs) / len(vs)) for e, vs in sums.items()]
+
+
+def _thin(values: list[float]) -> list[float]:
+    """At most MAX_CURVE_POINTS evenly spaced values (the evidence stays readable on long runs)."""
+    if len(values) <= MAX_CURVE_POINTS:
+        return values
+    step = len(values) / MAX_CURVE_POINTS
+    return [values[int(i * step)] for i in range(MAX_CURVE_POINTS)] + [values[-1]]
+
+
 def _series(history: Sequence[Mapping[str, Any]], split: str, key: str) -> list[tuple[int, float]]:
     out = []
     for row in history:
@@ -85,7 +105,7 @@ def check_generalization_gap(history: Sequence[Mapping[str, Any]], loss_key: str
     """fit.generalization-gap from the history rows (split "train"/"val", epoch, loss, metrics), as the Trainer
     writes them. A gap alone is not overfitting: what matters is whether validation got worse while training
     got better."""
-    train, val = _series(history, "train", loss_key), _series(history, "val", loss_key)
+    train, val = _epoch_means(_series(history, "train", loss_key)), _epoch_means(_series(history, "val", loss_key))
     if len(val) < 3 or len(train) < 2:
         return []
     best_epoch, best = min(val, key=lambda x: x[1])
@@ -95,17 +115,25 @@ def check_generalization_gap(history: Sequence[Mapping[str, Any]], loss_key: str
     train_last = train[-1][1]
     evidence: dict[str, Any] = {"val_loss_min": round(best, 5), "val_loss_min_epoch": best_epoch, "val_loss_last": round(last, 5),
                                 "train_loss_last": round(train_last, 5), "epochs": last_epoch,
-                                "val_loss_curve": [round(v, 4) for _, v in val], "train_loss_curve": [round(v, 4) for _, v in train]}
+                                "val_loss_curve": _thin([round(v, 4) for _, v in val]),
+                                "train_loss_curve": _thin([round(v, 4) for _, v in train])}
     if metric_key:
         m = _series(history, "val", metric_key)
         if m:
-            evidence[f"val_{metric_key}_curve"] = [round(v, 4) for _, v in m]
-    rose = last > best * (1 + VAL_RISE) and best_epoch < last_epoch
+            evidence[f"val_{metric_key}_curve"] = _thin([round(v, 4) for _, v in m])
+    # "got worse" must hold for the recent evaluations together and exceed the curve's step-to-step noise
+    values = [v for _, v in val]
+    recent = sorted(values[-max(3, len(values) // 4):])[len(values[-max(3, len(values) // 4):]) // 2]
+    # noise of one evaluation, from second differences (a trend cancels out): median |d2| = 0.674 * sqrt(6) sigma
+    second = sorted(abs(a - 2 * b + c) for a, b, c in zip(values, values[1:], values[2:]))
+    noise = second[len(second) // 2] / 1.65 if second else 0.0
+    evidence.update({"val_loss_recent_median": round(recent, 5), "val_loss_step_noise": round(noise, 5)})
+    rose = (recent > best * (1 + VAL_RISE) and recent - best > NOISE_MULTIPLE * noise and best_epoch < last_epoch)
     train_fell = train_best is None or train_last < train_best
     if rose and train_fell:
         return [Finding(
             id="fit.generalization-gap", severity="warning",
-            title=f"Overfitting: validation loss rose {last / best - 1:.0%} from its minimum at epoch {best_epoch} "
+            title=f"Overfitting: validation loss rose {recent / best - 1:.0%} from its minimum at epoch {best_epoch} "
                   f"while training loss kept falling (to {train_last:.3g})",
             evidence=evidence,
             cause="After epoch " f"{best_epoch} the model memorises the training images: the training loss still falls, "
