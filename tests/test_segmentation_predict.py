@@ -103,7 +103,7 @@ def test_onnx_logits_match_pytorch_within_1e4(run, onnx_model, model, test_image
 
     segmenter = OnnxSegmenter(onnx_model)
     assert segmenter.size == (64, 64)
-    assert segmenter.session.get_modelmeta().custom_metadata_map["visiondoctor.task"] == "segmentation"
+    assert segmenter.metadata["visiondoctor.task"] == "segmentation" and segmenter.categories()["names"]
     for path in test_images:
         x = example_image(64, load_rgb(path))
         with torch.no_grad():

@@ -222,9 +222,9 @@ def check_logits(model: nn.Module, onnx_path: Path, image: torch.Tensor | None) 
     return diff
 
 
-class OnnxSegmenter:
-    """ONNX Runtime inference of an exported segmentation graph: `logits(images)` takes float images
-    in [0, 1] of the graph's input size ([3, S, S] or a batch [N, 3, S, S]) and returns their logits."""
+class OnnxGraph:
+    """An exported graph in an ONNX Runtime CPU session: one image [3, H, W] of a fixed size in; the
+    metadata the export stored (visiondoctor.model, .task, .categories, .image_size)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         if not onnxruntime_available():
@@ -236,6 +236,17 @@ class OnnxSegmenter:
         if len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
             raise ValueError(f"{path}: expected one image input [3, H, W] of fixed size, got {shape}")
         self.size = (int(shape[1]), int(shape[2]))
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def categories(self) -> dict[str, Any] | None:
+        """The run's category map (as categories.json) stored in the graph at export, when present."""
+        raw = self.metadata.get("visiondoctor.categories")
+        return json.loads(raw) if raw else None
+
+
+class OnnxSegmenter(OnnxGraph):
+    """ONNX Runtime inference of an exported segmentation graph: `logits(images)` takes float images
+    in [0, 1] of the graph's input size ([3, S, S] or a batch [N, 3, S, S]) and returns their logits."""
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 4:
@@ -250,21 +261,9 @@ class OnnxSegmenter:
     __call__ = logits
 
 
-class OnnxDetector:
+class OnnxDetector(OnnxGraph):
     """ONNX Runtime inference with the PyTorch detectors' interface: call it with a list of CHW float
     images in [0, 1]; get a list of {boxes, scores, labels} tensors in each image's own pixels."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        if not onnxruntime_available():
-            raise ImportError(ONNX_HINT)
-        self.path = Path(path)
-        self.session = ort_session(str(path), threads)
-        shape = self.session.get_inputs()[0].shape
-        self.input_name = self.session.get_inputs()[0].name
-        if len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
-            raise ValueError(f"{path}: expected one image input [3, H, W] of fixed size, got {shape}")
-        self.size = (int(shape[1]), int(shape[2]))
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return [self.predict(image) for image in images]
@@ -280,11 +279,6 @@ class OnnxDetector:
             scale = torch.tensor([w / self.size[1], h / self.size[0]] * 2, dtype=boxes.dtype)
             boxes = boxes * scale
         return {"boxes": boxes, "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels).long()}
-
-    def categories(self) -> dict[str, Any] | None:
-        """The run's category map (as categories.json) stored in the graph at export, when present."""
-        raw = self.metadata.get("visiondoctor.categories")
-        return json.loads(raw) if raw else None
 
 
 @dataclass(frozen=True)
