@@ -63,6 +63,8 @@ def test_keyword_arguments_build_the_config_the_command_line_builds():
     assert from_api.train.epochs == 5 and from_api.train.lr == 0.01  # overrides win, as --set does
     with pytest.raises(TypeError, match="epoch"):
         vd.build_config(epoch=3)
+    odd = vd.build_config(name="yes", data="data/2026: march", device="cuda:1")  # YAML would read bool, mapping
+    assert (odd.name, odd.data.path, odd.train.device) == ("yes", "data/2026: march", "cuda:1")
 
 
 def test_diagnose_takes_in_memory_samples(tmp_path):

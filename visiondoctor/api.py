@@ -14,6 +14,7 @@ their tasks (early exit, class-incremental, text queries) and report sections ar
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,14 @@ RunLike = RunDir | str | Path
 
 def build_config(config: str | Path | None = None, overrides: Sequence[str] = (), **values: Any) -> Config:
     """A Config from a YAML file or preset name (`config`), the keyword values of CONFIG_KEYS (None:
-    not set), then dotted `overrides` ("train.lr=0.01"), which win: the command line's order."""
+    not set), then dotted `overrides` ("train.lr=0.01"), which win: the command line's order. String
+    values are taken literally (a run named "yes" or a path with ": " stays a string)."""
     unknown = set(values) - set(CONFIG_KEYS)
     if unknown:
         raise TypeError(f"unknown argument(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)} (other config keys: "
                         "overrides=['section.key=value'])")
-    settings = [f"{CONFIG_KEYS[k]}={v}" for k, v in values.items() if v is not None]
+    settings = [f"{CONFIG_KEYS[k]}={json.dumps(str(v)) if isinstance(v, (str, Path)) else v}"  # JSON strings are YAML
+                for k, v in values.items() if v is not None]
     return load_config(config, [*settings, *overrides])
 
 
