@@ -62,7 +62,7 @@ def build_config(config: str | Path | None = None, overrides: Sequence[str] = ()
     return load_config(config, [*settings, *overrides])
 
 
-def _run_path(run: RunLike) -> Path:
+def _run_folder(run: RunLike) -> Path:
     return run.path if isinstance(run, RunDir) else Path(run)
 
 
@@ -92,7 +92,7 @@ def evaluate(run: RunLike, split: str = "val", max_images: int = 0, data: str | 
     """Evaluate a finished run on `split` (the whole split unless max_images) and rebuild its report:
     `visiondoctor eval`. data: another dataset with the run's classes to evaluate on instead of the
     run's own. Returns the metrics (also written to the run's metrics.json)."""
-    return pipeline.evaluate_run(_run_path(run), split=split, max_images=max_images, data_path=data, device=device,
+    return pipeline.evaluate_run(_run_folder(run), split=split, max_images=max_images, data_path=data, device=device,
                                  batch_size=batch_size)
 
 
@@ -104,7 +104,7 @@ def predict(run: RunLike, source: str | Path, threshold: float = 0.5, out: str |
     class over the image (pixels whose top class is less likely than `threshold` stay uncoloured).
     Images go to `out` (default <run>/predict) with predictions.json; a video becomes an annotated
     video with a JSON of every frame. Returns what was written (the folder, the videos)."""
-    return predict_media(_run_path(run), source, out, threshold=threshold, runtime=runtime, batch_size=batch_size,
+    return predict_media(_run_folder(run), source, out, threshold=threshold, runtime=runtime, batch_size=batch_size,
                          device=device)
 
 
