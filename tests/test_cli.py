@@ -1,12 +1,15 @@
 """The command line, end to end on tiny data: synth -> validate -> train -> eval -> predict -> report."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
+from visiondoctor import __version__
 from visiondoctor.cli import build_parser, main
+from visiondoctor.data.synth import generate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bccd"
 TINY = ["--set", "data.synth_images=24",
@@ -111,3 +114,63 @@ def test_bccd_validates_and_converts(tmp_path, capsys):
     assert main(["data", "convert", str(SHARED), "--split", "test", "--out", str(tmp_path / "test.json")]) == 0
     converted = json.loads((tmp_path / "test.json").read_text())
     assert len(converted["images"]) == 10 and len(converted["annotations"]) == 221
+
+
+def test_version_and_every_option_shows_its_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"visiondoctor {__version__}"
+
+    def parsers(parser):
+        yield parser.prog, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = []
+    for prog, parser in parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if (not action.option_strings or action.required
+                    or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+                continue
+            text = formatter._get_help_string(action) or ""
+            if not action.help or "(default" not in text:
+                missing.append(f"{prog} {action.option_strings[-1]}: {text!r}")
+    assert not missing, "options without help or default:\n" + "\n".join(missing)
+    for command in ("train", "eval", "predict", "export", "speed", "diagnose"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert "--device" in capsys.readouterr().out
+
+
+def test_eval_on_another_dataset_of_the_same_classes(trained_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    generate("shapes", other, num_images=4, seed=7, num_val=2, num_test=3, image_size=96)
+    assert main(["eval", str(trained_run), "--data", str(other), "--split", "test", "--batch-size", "2",
+                 "--device", "cpu"]) == 0
+    assert json.loads((trained_run / "metrics.json").read_text())["num_images"] == 3
+    assert json.loads((trained_run / "gt.json").read_text())["image_root"] == str(other / "test")
+
+    different = tmp_path / "different"
+    generate("shapes", different, num_images=4, seed=7, num_val=2, num_test=3, image_size=96,
+             classes=("circle", "square", "triangle", "star", "hexagon"))
+    capsys.readouterr()
+    assert main(["eval", str(trained_run), "--data", str(different), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "different" in err and "hexagon" in err and "same classes" in err
+
+
+def test_predict_in_batches_on_a_device(trained_run, tmp_path):
+    images = next((trained_run.parent / "_data").glob("shapes_*")) / "test"
+    one, batched = tmp_path / "one", tmp_path / "batched"
+    assert main(["predict", str(trained_run), str(images), "--out", str(one), "--threshold", "0.2"]) == 0
+    assert main(["predict", str(trained_run), str(images), "--out", str(batched), "--threshold", "0.2",
+                 "--batch-size", "3", "--device", "cpu"]) == 0
+    first, second = (json.loads((d / "predictions.json").read_text())["images"] for d in (one, batched))
+    assert [r["file"] for r in first] == [r["file"] for r in second]
+    for a, b in zip(first, second):  # SSD resizes every image to one size: batching changes nothing
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        for da, db in zip(a["detections"], b["detections"]):
+            assert da["bbox_xyxy"] == pytest.approx(db["bbox_xyxy"], abs=0.05)

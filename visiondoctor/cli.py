@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +13,8 @@ from rich.table import Table
 import visiondoctor.early_exit  # noqa: F401 - importing a feature registers its task and report sections
 import visiondoctor.incremental  # noqa: F401
 import visiondoctor.text_query  # noqa: F401
+from visiondoctor import __version__
+from visiondoctor.api import build_config
 from visiondoctor.config import Config, ConfigError, load_config
 from visiondoctor.data.formats import list_splits, load_detection, match_split
 from visiondoctor.data.formats.yolo import YoloWrite, write_yolo
@@ -27,7 +29,13 @@ from visiondoctor.incremental.task import IncrementalOptions, run_phases
 from visiondoctor.models.detection import WeightsUnavailable
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.presets import preset_path
-from visiondoctor.report.compare import Comparison, ComparisonError, compare_runs, difference_rows, interval_rows
+from visiondoctor.report.compare import (
+    Comparison,
+    ComparisonError,
+    compare_runs,
+    difference_rows,
+    interval_rows,
+)
 from visiondoctor.rundir import RunDir
 from visiondoctor.safety import forbid_unpickling
 from visiondoctor.tasks import pipeline
@@ -58,15 +66,9 @@ def command(name: str) -> Callable:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    overrides = list(args.set or [])
-    for flag, key in (("task", "task"), ("data", "data.path"), ("format", "data.format"), ("model", "model.name"),
-                      ("name", "name"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-                      ("image_size", "model.image_size"), ("max_minutes", "train.max_minutes"),
-                      ("device", "train.device"), ("synth", "data.synth"), ("output_dir", "output_dir")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.insert(0, f"{key}={value}")
-    return load_config(args.config, overrides)
+    flags = ("task", "data", "format", "model", "name", "epochs", "batch_size", "image_size", "max_minutes", "device",
+             "synth", "output_dir")
+    return build_config(args.config, args.set or [], **{flag: getattr(args, flag, None) for flag in flags})
 
 
 @command("demo")
@@ -102,12 +104,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_map_drop is not None or args.target_latency_ms is not None:
         args.early_exit = True
     if args.early_exit:
+        if args.data is not None:
+            raise ValueError("--data applies to a plain evaluation, not to the early-exit calibration")
         result = calibrate_and_analyse(args.run, max_map_drop=args.max_map_drop,
                                        target_latency_ms=args.target_latency_ms, split=args.split,
-                                       latency_images=args.latency_images)
+                                       latency_images=args.latency_images, device=args.device)
         _print_early_exit(result)
     else:
-        metrics = pipeline.evaluate_run(args.run, split=args.split, max_images=args.max_images)
+        metrics = pipeline.evaluate_run(args.run, split=args.split, max_images=args.max_images, data_path=args.data,
+                                        device=args.device, batch_size=args.batch_size)
         _print_metrics(metrics)
     console.print(f"report: {Path(args.run) / 'report.html'}")
     return 0
@@ -137,7 +142,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    outputs = predict_media(args.run, args.input, args.out, threshold=args.threshold, runtime=args.runtime)
+    outputs = predict_media(args.run, args.input, args.out, threshold=args.threshold, runtime=args.runtime,
+                            batch_size=args.batch_size, device=args.device)
     for out in outputs:
         console.print(f"predictions written to {out}")
     return 0
@@ -145,13 +151,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    console.print(f"exported: {export_run(args.run, args.format, args.out, opset=args.opset)}")
+    console.print(f"exported: {export_run(args.run, args.format, args.out, opset=args.opset, device=args.device)}")
     return 0
 
 
 @command("speed")
 def cmd_speed(args: argparse.Namespace) -> int:
-    console.print(f"latency written to {measure_run(args.run, runs=args.runs, threads=args.threads)}")
+    console.print(f"latency written to {measure_run(args.run, runs=args.runs, threads=args.threads, device=args.device)}")
     return 0
 
 
@@ -165,6 +171,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.run:  # a run directory: its resolved config is the starting point
         args.config = str(Path(args.run) / "config.yaml")
+    if args.device:
+        args.set = [f"train.device={args.device}", *(args.set or [])]
     findings = diagnose_cli(args)
     _print_findings([f.to_dict() for f in findings])
     return 0
@@ -297,133 +305,208 @@ def _print_summary(run: RunDir) -> None:
     print(f"report: {run.report}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default; options left unset (None) say in their help where
+    their value comes from instead of "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows every option's default, for every (sub)command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+DEFAULTS = Config()
+
+
+def _from_config(what: str, key: str, value: Any) -> str:
+    """Help of a flag that sets a config key: its value comes from --config, then the flag, then --set."""
+    return f"{what} (default: {value}, the config's {key})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="visiondoctor",
         description="Train, evaluate and diagnose object detection and segmentation models on your own data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def device_option(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+        p.add_argument("--device", default=default, help=f"auto (a GPU when there is one), cpu, cuda, cuda:1 ...: {what}")
+
     def train_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML config file")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=0.01")
-        p.add_argument("--task", choices=["detection", "segmentation"])
-        p.add_argument("--data", help="dataset folder or annotation file (COCO, VOC, YOLO)")
-        p.add_argument("--format", help="dataset format (auto by default)")
-        p.add_argument("--synth", help="train on a generated dataset instead: shapes, streets, sketches")
-        p.add_argument("--model", help="model name (see `visiondoctor models`)")
-        p.add_argument("--name", help="run name: the run is written to <output_dir>/<name>")
-        p.add_argument("--output-dir", dest="output_dir")
-        p.add_argument("--epochs", type=int)
-        p.add_argument("--batch-size", dest="batch_size", type=int)
-        p.add_argument("--image-size", dest="image_size", type=int)
-        p.add_argument("--max-minutes", dest="max_minutes", type=float, help="wall-clock training budget")
-        p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+        p.add_argument("--config", help="YAML config file, or the name of a shipped preset (demo, text_query, ...) "
+                                        "(default: none, the built-in defaults)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. train.lr=0.01 (repeatable; wins over the other flags) "
+                            "(default: none)")
+        p.add_argument("--task", choices=["detection", "segmentation"],
+                       help="the task (default: the model's, as the model registry says)")
+        p.add_argument("--data", help="dataset folder or annotation file (COCO, VOC, YOLO, image/mask folders) "
+                                      "(default: the config's data.path)")
+        p.add_argument("--format", help=_from_config("dataset format", "data.format", DEFAULTS.data.format))
+        p.add_argument("--synth", help="train on a generated dataset instead: shapes, streets, sketches (default: none)")
+        p.add_argument("--model", help=_from_config("model name (see `visiondoctor models`)", "model.name",
+                                                    DEFAULTS.model.name))
+        p.add_argument("--name", help=_from_config("run name: the run is written to <output_dir>/<name>", "name",
+                                                   DEFAULTS.name))
+        p.add_argument("--output-dir", dest="output_dir",
+                       help=_from_config("folder of the run directories", "output_dir", DEFAULTS.output_dir))
+        p.add_argument("--epochs", type=int, help=_from_config("training epochs", "train.epochs", DEFAULTS.train.epochs))
+        p.add_argument("--batch-size", dest="batch_size", type=int,
+                       help=_from_config("images per step (all processes together)", "train.batch_size",
+                                         DEFAULTS.train.batch_size))
+        p.add_argument("--image-size", dest="image_size", type=int,
+                       help=_from_config("model input size in pixels", "model.image_size", DEFAULTS.model.image_size))
+        p.add_argument("--max-minutes", dest="max_minutes", type=float,
+                       help=_from_config("wall-clock training budget, 0 = none", "train.max_minutes",
+                                         DEFAULTS.train.max_minutes))
+        p.add_argument("--device", help=_from_config("auto (a GPU when there is one), cpu, cuda, cuda:1 ...",
+                                                     "train.device", DEFAULTS.train.device))
 
     p = sub.add_parser("demo", help="synthesize shapes, train, evaluate, diagnose and write the report")
     p.add_argument("--quick", action="store_true", help="a small smoke-test version (under 2 minutes)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--output-dir", dest="output_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value of the demo's config (repeatable) (default: none)")
+    p.add_argument("--output-dir", dest="output_dir", help="folder of the run directory (default: runs)")
 
-    p = sub.add_parser("train", help="train a model (writes runs/<name>/)")
+    p = sub.add_parser("train", help="train a model (writes runs/<name>/)",
+                       description="Train, evaluate, diagnose and write the report. The config comes from --config "
+                                   "(or the defaults), then the flags, then --set (the last wins).")
     train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
-    p.add_argument("--phases", default=None, help="class-incremental training: phases.json, or auto (the dataset's)")
-    p.add_argument("--method", default="replay+distill", choices=["replay+distill", "replay", "distill", "finetune"])
-    p.add_argument("--memory-per-class", dest="memory_per_class", type=int, default=3)
-    p.add_argument("--phase-steps", dest="phase_steps", type=int, default=200)
-    p.add_argument("--reuse-base", dest="reuse_base", default=None, help="a run whose phase 0 to reuse")
-    p.add_argument("--loss-file", dest="loss_file", help="segmentation: path.py:fn(outputs, targets) -> loss")
+    p.add_argument("--phases", default=None,
+                   help="class-incremental training: phases.json, or auto (the dataset's) (default: off)")
+    p.add_argument("--method", default="replay+distill", choices=["replay+distill", "replay", "distill", "finetune"],
+                   help="class-incremental method")
+    p.add_argument("--memory-per-class", dest="memory_per_class", type=int, default=3,
+                   help="class-incremental: images replayed per old class")
+    p.add_argument("--phase-steps", dest="phase_steps", type=int, default=200, help="class-incremental: steps per phase")
+    p.add_argument("--reuse-base", dest="reuse_base", default=None,
+                   help="class-incremental: a run whose phase 0 to reuse (default: train it)")
+    p.add_argument("--loss-file", dest="loss_file",
+                   help="segmentation: path.py:fn(outputs, targets) -> loss (default: cross-entropy, + 0.4 x aux)")
     p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None,
-                   help="segmentation: a known class held out as the anomaly (never trained on)")
+                   help="segmentation: a known class held out as the anomaly, never trained on (default: none)")
 
     p = sub.add_parser("eval", help="evaluate a run on a split (the whole split by default)")
-    p.add_argument("run")
-    p.add_argument("--split", default="val")
+    p.add_argument("run", help="a run directory (runs/<name>)")
+    p.add_argument("--split", default="val", help="the split to evaluate: train, val or test")
+    p.add_argument("--data", default=None,
+                   help="evaluate on this dataset instead of the run's own; it must have the run's classes, in the "
+                        "same order (default: the run's dataset)")
     p.add_argument("--max-images", dest="max_images", type=int, default=0,
-                   help="evaluate a random subset (the report says so and gives the sample size)")
+                   help="evaluate a random subset of this many images, 0 = all (the report says so and gives the "
+                        "sample size)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="images per forward pass (default: the run's train.batch_size)")
+    device_option(p, "auto", "where the model runs")
     p.add_argument("--early-exit", dest="early_exit", action="store_true",
                    help="early-exit model: calibrate the exit thresholds on --split and analyse speed vs accuracy")
     p.add_argument("--max-map-drop", dest="max_map_drop", type=float, default=None,
-                   help="early exit: mAP the exits may lose vs the full model (0.01 = 1 point; the default)")
+                   help="early exit: mAP the exits may lose vs the full model (default: 0.01 = 1 point)")
     p.add_argument("--target-latency-ms", dest="target_latency_ms", type=float, default=None,
-                   help="early exit: mean CPU latency per image to reach instead")
+                   help="early exit: mean CPU latency per image to reach instead (default: none)")
     p.add_argument("--latency-images", dest="latency_images", type=int, default=30,
                    help="early exit: images timed per path (after warm-up)")
 
     p = sub.add_parser("query", help="text-query detector: find what free-text queries name in an image")
-    p.add_argument("run")
-    p.add_argument("image")
+    p.add_argument("run", help="a text-query run directory")
+    p.add_argument("image", help="the image to search")
     p.add_argument("queries", nargs="+", help='e.g. "circle" "disk"')
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--threshold", type=float, default=0.3, help="lowest score of a detection returned")
 
     p = sub.add_parser("predict", help="run a trained model on an image, a video, or a folder of them")
-    p.add_argument("run")
+    p.add_argument("run", help="a run directory (runs/<name>)")
     p.add_argument("input", help="an image, a video (.mp4 .mov .avi .mkv ...), or a folder")
-    p.add_argument("--out", default=None, help="output folder, or the annotated video's path (default: <run>/predict)")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch")
+    p.add_argument("--out", default=None,
+                   help="output folder, or the annotated video's path (default: <run>/predict)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="detection: lowest score of a box drawn; segmentation: lowest probability of a pixel's class "
+                        "for it to be coloured")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=1,
+                   help="images per forward pass (videos: one frame at a time, as a stream)")
+    device_option(p, "auto", "where the model runs (the onnxruntime runtime runs on CPU)")
+    p.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch",
+                   help="onnxruntime exports the run to <run>/export/model.onnx first if needed")
 
-    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript")
-    p.add_argument("run")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", default=None)
-    p.add_argument("--opset", type=int, default=17)
+    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (detection and segmentation)")
+    p.add_argument("run", help="a run directory (runs/<name>)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="the file format")
+    p.add_argument("--out", default=None, help="output file or folder (default: <run>/export/model.onnx or model.pt)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    device_option(p, "cpu", "where the model is traced")
 
     p = sub.add_parser("speed", help="latency per image of a run's model in each runtime (for compare)")
-    p.add_argument("run")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("run", help="a run directory (runs/<name>)")
+    p.add_argument("--runs", type=int, default=20, help="timed images per runtime (after warm-up)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads in every runtime")
+    device_option(p, "cpu", "where PyTorch and TorchScript run (ONNX Runtime is timed on CPU only)")
 
     p = sub.add_parser("report", help="rebuild a run's report.html")
-    p.add_argument("run")
+    p.add_argument("run", help="a run directory (runs/<name>)")
 
     p = sub.add_parser("diagnose", help="static/probe checks, a monitored short training, the overfit-one-batch "
                                         "probe and an evaluation, on your own model or one of ours")
     p.add_argument("run", nargs="?", help="a run directory: diagnose its config's model and data")
     p.add_argument("--model-file", dest="model_file",
-                   help="path.py:factory returning an nn.Module (torchvision conventions); executed because you name it;"
-                        " default: the config's model.name")
-    p.add_argument("--loss-file", dest="loss_file", help="path.py:fn(outputs, targets) -> loss (segmentation)")
-    p.add_argument("--config", help="YAML config (data, task, model); the same format as train")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--steps", type=int, default=None, help="steps of the monitored training (default 100)")
-    p.add_argument("--out", default=None, help="folder for diagnosis.json / diagnosis.md")
+                   help="path.py:factory returning an nn.Module (torchvision conventions); executed because you name it"
+                        " (default: the config's model.name)")
+    p.add_argument("--loss-file", dest="loss_file",
+                   help="path.py:fn(outputs, targets) -> loss, for segmentation (default: cross-entropy)")
+    p.add_argument("--config", help="YAML config (data, task, model); the same format as train (default: none)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. data.path=path/to/dataset (repeatable) (default: none)")
+    p.add_argument("--steps", type=int, default=None, help="steps of the monitored training (default: 100)")
+    p.add_argument("--out", default=None,
+                   help="folder for diagnosis.json / diagnosis.md (default: <output_dir>/<name>-diagnosis)")
+    p.add_argument("--device", default=None,
+                   help=_from_config("auto (a GPU when there is one), cpu or cuda", "train.device", DEFAULTS.train.device))
 
     p = sub.add_parser("zoo", help="the bug zoo: broken models from the seeds and their healthy twins")
     zsub = p.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="list the cases")
     q = zsub.add_parser("run", help="run one case, broken and healthy")
-    q.add_argument("name")
+    q.add_argument("name", help="a case name (see `visiondoctor zoo list`)")
 
     p = sub.add_parser("anomaly", help="anomaly segmentation scores (MSP, MaxLogit, Energy, SML) and their metrics")
-    p.add_argument("run")
-    p.add_argument("--methods", default="msp,maxlogit,energy,sml")
-    p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None)
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-images", dest="max_images", type=int, default=0)
+    p.add_argument("run", help="a segmentation run directory")
+    p.add_argument("--methods", default="msp,maxlogit,energy,sml", help="comma-separated scoring methods")
+    p.add_argument("--anomaly-class", dest="anomaly_class", type=int, default=None,
+                   help="the label scored as the anomaly (default: the dataset's, e.g. StreetHazards 13)")
+    p.add_argument("--split", default="test", help="the split scored")
+    p.add_argument("--max-images", dest="max_images", type=int, default=0, help="score a subset, 0 = all images")
 
     p = sub.add_parser("compare", help="one report comparing several runs on the same data")
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--out", default="runs/comparison.html")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="runs/comparison.html", help="the comparison report's path")
 
     p = sub.add_parser("data", help="synthesize, validate or convert datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("synth", help="write a deterministic synthetic dataset")
-    q.add_argument("kind", choices=["shapes", "streets", "sketches"])
-    q.add_argument("--out", required=True)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--num-train", dest="num_train", type=int, default=None)
-    q.add_argument("--preset", default=None, help="a named size preset of the generator (e.g. quick)")
+    q.add_argument("kind", choices=["shapes", "streets", "sketches"], help="the generator")
+    q.add_argument("--out", required=True, help="the dataset folder to write")
+    q.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same dataset)")
+    q.add_argument("--num-train", dest="num_train", type=int, default=None,
+                   help="training images (default: the generator's own)")
+    q.add_argument("--preset", default=None, help="a named size preset of the generator, e.g. quick (default: none)")
     q = dsub.add_parser("validate", help="read a dataset and list every problem found")
-    q.add_argument("path")
-    q.add_argument("--format", default="auto")
-    q.add_argument("--split", default=None)
+    q.add_argument("path", help="dataset folder or annotation file")
+    q.add_argument("--format", default="auto", help="coco, voc, yolo, ... or auto (detected from the files)")
+    q.add_argument("--split", default=None, help="the split to read (default: the dataset's only or train split)")
     q = dsub.add_parser("convert", help="convert a dataset to COCO JSON, or to a YOLO folder (every split)")
-    q.add_argument("path")
-    q.add_argument("--format", default="auto")
+    q.add_argument("path", help="dataset folder or annotation file")
+    q.add_argument("--format", default="auto", help="coco, voc, yolo, ... or auto (detected from the files)")
     q.add_argument("--split", default=None, help="one split (YOLO: default every split)")
-    q.add_argument("--to", default="coco", choices=["coco", "yolo"])
+    q.add_argument("--to", default="coco", choices=["coco", "yolo"], help="the target format")
     q.add_argument("--out", required=True, help="COCO: the .json file; YOLO: the folder (images/ labels/ data.yaml)")
 
     sub.add_parser("models", help="list the registered models")

@@ -1,11 +1,16 @@
 """`visiondoctor export RUN --format onnx|torchscript`, and ONNX Runtime inference.
 
-The ONNX graph holds the whole detector — resize and normalisation, network, box decoding and
-NMS — for one image of the run's input size (image_size x image_size). `OnnxDetector` resizes any
-image to that size with the same bilinear resize the PyTorch models use and maps the boxes back,
-so it returns what the PyTorch model returns: {boxes (xyxy pixels), scores, labels}. For the SSD
-family (fixed square input) this is the PyTorch pipeline exactly; R-CNN-style models keep the aspect
-ratio in PyTorch, so on non-square images their ONNX results differ (the graph is traced at one size).
+Detection: the ONNX graph holds the whole detector — resize and normalisation, network, box
+decoding and NMS — for one image of the run's input size (image_size x image_size). `OnnxDetector`
+resizes any image to that size with the same bilinear resize the PyTorch models use and maps the
+boxes back, so it returns what the PyTorch model returns: {boxes (xyxy pixels), scores, labels}. For
+the SSD family (fixed square input) this is the PyTorch pipeline exactly; R-CNN-style models keep the
+aspect ratio in PyTorch, so on non-square images their ONNX results differ (the graph is traced at one size).
+
+Segmentation: the graph takes one image [3, S, S] in [0, 1] (S = the run's image size) and returns
+the main head's logits [C, S, S] at the input size, normalisation included (`SegmentationLogits`).
+The export checks the graph against PyTorch on a real image of the run (ONNX Runtime, when
+installed): the largest absolute difference of the logits must be at most `LOGITS_ATOL`.
 """
 from __future__ import annotations
 
@@ -20,14 +25,22 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
+from visiondoctor.data.images import load_rgb
+from visiondoctor.data.samples import DataError
+from visiondoctor.data.segmentation import IMAGENET_MEAN, IMAGENET_STD
 from visiondoctor.evaluation.latency import onnxruntime_available, ort_session
+from visiondoctor.engine.trainer import resolve_device
+from visiondoctor.evaluation.speed import example_image
 from visiondoctor.rundir import RunDir, write_bytes_atomic
-from visiondoctor.tasks.pipeline import load_run_model
+from visiondoctor.tasks.pipeline import load_run_model, run_task
+from visiondoctor.tasks.segmentation import logits_at
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 OUTPUT_NAMES = ("boxes", "scores", "labels")
+SEGMENTATION_OUTPUTS = ("logits",)
+LOGITS_ATOL = 1e-4  # the largest |ONNX Runtime - PyTorch| logit an exported segmentation graph may show
 ONNX_HINT = "ONNX export needs the `onnx` extra: pip install visiondoctor[onnx]"
 
 
@@ -51,17 +64,51 @@ class _SingleImage(nn.Module):
         return det["boxes"], det["scores"], det["labels"]
 
 
+class SegmentationLogits(nn.Module):
+    """Images [N, 3, H, W] in [0, 1] -> main-head logits [N, C, H, W] at the input size: the
+    normalisation the segmentation datasets apply, the model, the resize of its logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return logits_at(self.model, (images - self.mean) / self.std, tuple(images.shape[-2:]))
+
+
+class _SingleSegmentation(nn.Module):
+    """One CHW image in, its logits [C, H, W] out (the exported segmentation graph)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.net = SegmentationLogits(model)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image[None])[0]
+
+
+def single_image_module(model: nn.Module, contract: str = "detection") -> nn.Module:
+    """The model as one image in, fixed tensors out: what is exported and timed."""
+    if contract not in ("detection", "segmentation"):
+        raise ExportError(f"no export for {contract!r} models; expected detection or segmentation")
+    return (_SingleImage(model.eval()) if contract == "detection" else _SingleSegmentation(model.eval())).eval()
+
+
 def export_onnx(model: nn.Module, image_size: int, path: str | Path, opset: int = 17,
-                metadata: dict[str, str] | None = None) -> Path:
+                metadata: dict[str, str] | None = None, contract: str = "detection") -> Path:
     """Trace `model` (eval mode) on one image_size x image_size image and write an ONNX graph whose
-    input is `image` [3, H, W] float in [0, 1] and outputs boxes [N, 4], scores [N], labels [N]."""
+    input is `image` [3, H, W] float in [0, 1]; its outputs are boxes [N, 4], scores [N], labels [N]
+    for a detector, logits [C, H, W] for a segmentation model (`contract`)."""
     try:
         import onnx  # deferred: the optional `onnx` extra
     except ImportError as exc:
         raise ExportError(f"{ONNX_HINT} ({exc})") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _SingleImage(model.eval()).eval()
+    wrapped = single_image_module(model, contract)
+    outputs = OUTPUT_NAMES if contract == "detection" else SEGMENTATION_OUTPUTS
     device = next(model.parameters()).device
     example = torch.rand(3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -71,9 +118,10 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, opset: int 
         with warnings.catch_warnings():  # the tracer's notes on constants in torchvision's postprocessing
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (example,), str(tmp), opset_version=opset, dynamo=False,
-                              input_names=["image"], output_names=list(OUTPUT_NAMES))
+                              input_names=["image"], output_names=list(outputs))
         graph = onnx.load(str(tmp))
-        for key, value in {"visiondoctor.image_size": str(image_size), **(metadata or {})}.items():
+        for key, value in {"visiondoctor.image_size": str(image_size), "visiondoctor.task": contract,
+                           **(metadata or {})}.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(graph)
@@ -87,12 +135,16 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, opset: int 
     return path
 
 
-def script_model(model: nn.Module) -> torch.jit.ScriptModule:
-    """TorchScript by scripting (keeps the data-dependent postprocessing); ExportError if the model
-    is not scriptable (e.g. the effdet wrapper)."""
+def script_model(model: nn.Module, contract: str = "detection", image_size: int = 0) -> torch.jit.ScriptModule:
+    """TorchScript: a detector by scripting (keeps the data-dependent postprocessing; ExportError if
+    the model is not scriptable, e.g. the effdet wrapper); a segmentation model traced as one image
+    [3, S, S] in, logits [C, S, S] out (S = image_size)."""
     try:
-        with warnings.catch_warnings():  # torch.jit.script's deprecation notice; scripting still works
+        with warnings.catch_warnings():  # torch.jit's deprecation notices and the tracer's notes; both still work
             warnings.simplefilter("ignore")
+            if contract == "segmentation":
+                device = next(model.parameters()).device
+                return torch.jit.trace(single_image_module(model, contract), example_image(image_size).to(device))
             return torch.jit.script(model.eval())
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"{type(model).__name__} is not scriptable ({type(exc).__name__}: "
@@ -100,10 +152,10 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
                           ) from exc
 
 
-def export_torchscript(model: nn.Module, path: str | Path) -> Path:
+def export_torchscript(model: nn.Module, path: str | Path, contract: str = "detection", image_size: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = script_model(model)
+    scripted = script_model(model, contract, image_size)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         scripted.save(str(tmp))
@@ -113,28 +165,66 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, opset: int = 17) -> Path:
-    """Export a run's best weights; returns the written file (default runs/<name>/export/model.<ext>)."""
+def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, opset: int = 17,
+               device: str = "cpu") -> Path:
+    """Export a run's best weights, traced on `device`; returns the written file (default
+    runs/<name>/export/model.<ext>). A segmentation graph is checked against PyTorch (check_logits)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
     run = RunDir.open(run_dir)
-    model, cfg, category_map = load_run_model(run, torch.device("cpu"))
+    task, _, _ = run_task(run)
+    model, cfg, category_map = load_run_model(run, resolve_device(device))
     suffix = ".onnx" if format == "onnx" else ".pt"
     out = Path(out) if out else run.path / "export" / f"model{suffix}"
     if out.is_dir() or not out.suffix:
         out = out / f"model{suffix}"
     if format == "onnx":
         meta = {"visiondoctor.model": cfg.model.name, "visiondoctor.categories": json.dumps(category_map.to_dict())}
-        path = export_onnx(model, cfg.model.image_size, out, opset, meta)
+        path = export_onnx(model, cfg.model.image_size, out, opset, meta, task.contract)
+        if task.contract == "segmentation":
+            check_logits(model, path, run_image(run))
     else:
-        path = export_torchscript(model, out)
+        path = export_torchscript(model, out, task.contract, cfg.model.image_size)
     log.info("exported %s (%s) to %s", run.path.name, format, path)
     return path
 
 
-class OnnxDetector:
-    """ONNX Runtime inference with the PyTorch detectors' interface: call it with a list of CHW float
-    images in [0, 1]; get a list of {boxes, scores, labels} tensors in each image's own pixels."""
+def run_image(run: RunDir) -> torch.Tensor | None:
+    """The first image the run is evaluated on (gt.json of a detection run, else the first image of its
+    evaluation split), uint8 [3, H, W]; None when it cannot be read (callers use a synthetic image)."""
+    try:
+        if run.path.joinpath("gt.json").exists():
+            gt = run.read_json("gt.json")
+            return load_rgb(Path(gt.get("image_root", "")) / gt["images"][0]["file_name"])
+        task, cfg, categories = run_task(run)
+        return load_rgb(task.load_data(cfg, categories).split(cfg.eval.split).records[0].path)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, DataError) as exc:
+        log.warning("no evaluated image of %s could be read (%s); using a synthetic image", run.path, exc)
+        return None
+
+
+def check_logits(model: nn.Module, onnx_path: Path, image: torch.Tensor | None) -> float | None:
+    """The largest |ONNX Runtime - PyTorch| logit on `image` (resized to the graph's input; noise when
+    None). ExportError above LOGITS_ATOL; None (with a warning) without onnxruntime."""
+    if not onnxruntime_available():
+        log.warning("onnxruntime is not installed: the exported logits were not checked against PyTorch (%s)", ONNX_HINT)
+        return None
+    segmenter = OnnxSegmenter(onnx_path)
+    x = example_image(segmenter.size[0], image)
+    with torch.no_grad():
+        reference = SegmentationLogits(model)(x[None].to(next(model.parameters()).device))[0].cpu()
+    diff = float((segmenter.logits(x) - reference).abs().max())
+    if diff > LOGITS_ATOL:
+        raise ExportError(f"{onnx_path}: ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} "
+                          f"(allowed {LOGITS_ATOL:.0e}); the export is not faithful")
+    log.info("%s: ONNX Runtime logits within %.1e of PyTorch's (max |difference|) on %s image", onnx_path, diff,
+             "a real" if image is not None else "a synthetic")
+    return diff
+
+
+class OnnxGraph:
+    """An exported graph in an ONNX Runtime CPU session: one image [3, H, W] of a fixed size in; the
+    metadata the export stored (visiondoctor.model, .task, .categories, .image_size)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         if not onnxruntime_available():
@@ -147,6 +237,33 @@ class OnnxDetector:
             raise ValueError(f"{path}: expected one image input [3, H, W] of fixed size, got {shape}")
         self.size = (int(shape[1]), int(shape[2]))
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def categories(self) -> dict[str, Any] | None:
+        """The run's category map (as categories.json) stored in the graph at export, when present."""
+        raw = self.metadata.get("visiondoctor.categories")
+        return json.loads(raw) if raw else None
+
+
+class OnnxSegmenter(OnnxGraph):
+    """ONNX Runtime inference of an exported segmentation graph: `logits(images)` takes float images
+    in [0, 1] of the graph's input size ([3, S, S] or a batch [N, 3, S, S]) and returns their logits."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 4:
+            return torch.stack([self.logits(image) for image in images])
+        if tuple(images.shape[-2:]) != self.size:
+            raise ValueError(f"{self.path}: the graph takes {self.size[0]}x{self.size[1]} images, got "
+                             f"{tuple(images.shape[-2:])}")
+        (logits,) = self.session.run(list(SEGMENTATION_OUTPUTS), {self.input_name: images.detach().float().cpu()
+                                                                   .contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+    __call__ = logits
+
+
+class OnnxDetector(OnnxGraph):
+    """ONNX Runtime inference with the PyTorch detectors' interface: call it with a list of CHW float
+    images in [0, 1]; get a list of {boxes, scores, labels} tensors in each image's own pixels."""
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return [self.predict(image) for image in images]
@@ -162,11 +279,6 @@ class OnnxDetector:
             scale = torch.tensor([w / self.size[1], h / self.size[0]] * 2, dtype=boxes.dtype)
             boxes = boxes * scale
         return {"boxes": boxes, "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels).long()}
-
-    def categories(self) -> dict[str, Any] | None:
-        """The run's category map (as categories.json) stored in the graph at export, when present."""
-        raw = self.metadata.get("visiondoctor.categories")
-        return json.loads(raw) if raw else None
 
 
 @dataclass(frozen=True)

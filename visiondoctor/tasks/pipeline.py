@@ -248,15 +248,24 @@ def load_run_model(run: RunDir, device: torch.device) -> tuple[nn.Module, Config
     return model.to(device).eval(), cfg, CategoryMap.from_dict(categories)
 
 
-def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0, data_path: str | Path | None = None,
+                 device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run on a split (the whole split unless max_images), redo the run-file
-    checks of its diagnosis for that split, and rebuild its report."""
+    checks of its diagnosis for that split, and rebuild its report. `data_path`: evaluate on that
+    dataset's split instead of the run's own (it must have the run's classes, in the same order)."""
     run = RunDir.open(run_dir)
-    device = resolve_device("auto")
+    device = resolve_device(device)
     task, _, categories = run_task(run)
     model, cfg, _ = load_run_model(run, device)
-    cfg = replace(cfg, eval=replace(cfg.eval, max_images=max_images, split=split))
+    cfg = replace(cfg, eval=replace(cfg.eval, max_images=max_images, split=split),
+                  train=replace(cfg.train, batch_size=batch_size or cfg.train.batch_size))
+    if data_path is not None:
+        cfg = replace(cfg, data=replace(cfg.data, path=str(data_path), synth="", format="auto"))
     data = task.load_data(cfg, categories)
+    found = data.categories()
+    if data_path is not None and any(found.get(k) != categories[k] for k in ("names", "num_classes") if k in categories):
+        raise ValueError(f"{data_path}: its classes {found.get('names')} differ from the run's {categories.get('names')}; "
+                         "a run is evaluated only on data with the same classes in the same order")
     metrics = task.evaluate(model, data, split, cfg, device, run)
     doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)),
                           task.num_classes(categories), bool(categories.get("background")))
