@@ -32,9 +32,9 @@ from visiondoctor.doctor.diagnose import load_factory, load_loss
 from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.findings import Finding
+from visiondoctor.models.registry import create_model
 from visiondoctor.rundir import RunDir
 from visiondoctor.tasks import pipeline
-from visiondoctor.tasks.diagnose import registry_factory
 from visiondoctor.tasks.video import predict_media
 
 __all__ = ["Callback", "Config", "Doctor", "Finding", "RunDir", "TrainState", "build_config", "diagnose", "evaluate",
@@ -108,15 +108,23 @@ def predict(run: RunLike, source: str | Path, threshold: float = 0.5, out: str |
                          device=device)
 
 
-def _factory(model: str | Callable[..., nn.Module], cfg: Config) -> Callable[..., nn.Module]:
+def _factory(model: str | Callable[..., nn.Module] | None, cfg: Config) -> Callable[..., nn.Module]:
+    """The model to diagnose as a factory of num_classes: the user's, a path.py:function, or the config's
+    registered model (by name)."""
     if callable(model):
         return model
-    if ".py:" in model:  # path.py:function, the --model-file form
+    if model is not None and ".py:" in model:  # path.py:function, the --model-file form
         return load_factory(model)
-    return registry_factory(cfg)
+
+    def registered(num_classes: int) -> nn.Module:
+        return create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
+                            pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone,
+                            **cfg.model.kwargs)
+
+    return registered
 
 
-def diagnose(model: str | Callable[..., nn.Module], data: str | Path | Dataset | Sequence | None = None, *,
+def diagnose(model: str | Callable[..., nn.Module] | None = None, data: str | Path | Dataset | Sequence | None = None, *,
              task: str | None = None, steps: int = 100, loss: str | Callable[..., Any] | None = None,
              val_data: Dataset | Sequence | None = None, num_classes: int | None = None,
              config: str | Path | None = None, overrides: Sequence[str] = (), image_size: int | None = None,
@@ -128,7 +136,7 @@ def diagnose(model: str | Callable[..., nn.Module], data: str | Path | Dataset |
     folder; nothing is written for in-memory data without `out`).
 
     model: a factory returning an nn.Module (called with num_classes=N when it takes it), a
-    registered model name, or "path.py:function"; data: a dataset folder (or None with `synth`),
+    registered model name, or "path.py:function" (None: the config's model); data: a dataset folder (or None with `synth`),
     read as `train` reads it, or in-memory (image, target) pairs (a torch Dataset or a list; then
     give num_classes and, for segmentation, task="segmentation"); loss: fn(outputs, targets) -> loss,
     or "path.py:function", for models that return raw outputs; steps: the monitored training's
@@ -141,7 +149,8 @@ def diagnose(model: str | Callable[..., nn.Module], data: str | Path | Dataset |
     if data is not None and not isinstance(data, (str, Path)):  # in-memory samples
         cfg = build_config(config, overrides, model=name, image_size=image_size)
         return diagnose_model(_factory(model, cfg), data, task=task or "detection", val_data=val_data,
-                              num_classes=num_classes, out_dir=out, seed=cfg.train.seed, **common)
+                              num_classes=num_classes, out_dir=out, seed=cfg.train.seed, train_config=cfg.train,
+                              **common)
     cfg = build_config(config, overrides, data=data, synth=synth, task=task, image_size=image_size, model=name)
     run_task = pipeline.task_for(cfg)
     cfg = run_task.prepare_config(cfg)
@@ -153,4 +162,5 @@ def diagnose(model: str | Callable[..., nn.Module], data: str | Path | Dataset |
     return diagnose_model(_factory(model, cfg), sets.probe, task=run_task.contract, val_data=sets.val,
                           num_classes=run_task.num_classes(categories), background_label=background,
                           extra_findings=run_task.data_findings(task_data, categories), seed=cfg.train.seed,
+                          train_config=cfg.train, ignore_index=int(categories.get("ignore_index", 255)),
                           out_dir=out or Path(cfg.output_dir) / f"{cfg.name}-diagnosis", **common)

@@ -13,7 +13,7 @@ from rich.table import Table
 import visiondoctor.early_exit  # noqa: F401 - importing a feature registers its task and report sections
 import visiondoctor.incremental  # noqa: F401
 import visiondoctor.text_query  # noqa: F401
-from visiondoctor import __version__
+from visiondoctor import __version__, api
 from visiondoctor.api import build_config
 from visiondoctor.config import Config, ConfigError, load_config
 from visiondoctor.data.formats import list_splits, load_detection, match_split
@@ -40,7 +40,6 @@ from visiondoctor.rundir import RunDir
 from visiondoctor.safety import forbid_unpickling
 from visiondoctor.tasks import pipeline
 from visiondoctor.tasks.anomaly import run_anomaly
-from visiondoctor.tasks.diagnose import diagnose_cli
 from visiondoctor.tasks.export import ExportError, export_run
 from visiondoctor.tasks.speed import measure_run
 from visiondoctor.tasks.video import predict_media
@@ -171,9 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.run:  # a run directory: its resolved config is the starting point
         args.config = str(Path(args.run) / "config.yaml")
-    if args.device:
-        args.set = [f"train.device={args.device}", *(args.set or [])]
-    findings = diagnose_cli(args)
+    findings = api.diagnose(args.model_file, config=args.config, overrides=args.set or (), loss=args.loss_file,
+                            steps=args.steps or 100, out=args.out, device=args.device or "auto")
     _print_findings([f.to_dict() for f in findings])
     return 0
 

@@ -88,7 +88,8 @@ def make_data(entry: dict[str, Any]) -> tuple[ListDataset, ListDataset]:
     return ListDataset(train), ListDataset(val)
 
 
-def run_entry(entry: dict[str, Any], steps: int = 100, overfit_steps: int = 100, out_dir: str | Path | None = None) -> list[Finding]:
+def run_entry(entry: dict[str, Any], steps: int = 100, overfit_steps: int = 100, out_dir: str | Path | None = None,
+              on_update: Any = None) -> list[Finding]:
     """diagnose() on one entry; if diagnose itself raises, one `harness.diagnose-raised` record instead."""
     try:
         factory = load_factory(f"{USER_MODELS / entry['file']}:{entry['factory']}")
@@ -98,7 +99,7 @@ def run_entry(entry: dict[str, Any], steps: int = 100, overfit_steps: int = 100,
         train_config = load_config(None, [f"{k}={v}" for k, v in entry["overrides"].items()]).train  # the user's settings
         return diagnose(factory, train, val_data=val, task=entry["task"], num_classes=num_classes, loss_fn=loss_fn,
                         steps=steps, overfit_steps=overfit_steps, train_config=train_config, out_dir=out_dir,
-                        title=f"Diagnosis of {entry['name']}")
+                        title=f"Diagnosis of {entry['name']}", on_update=on_update)
     except Exception as exc:  # noqa: BLE001 — the table must show a crash of the doctor, not stop at it
         return [Finding(id=DIAGNOSE_RAISED, severity="info", title=f"diagnose raised {type(exc).__name__}: {exc}",
                         evidence={"exception": type(exc).__name__, "message": str(exc)[:500]}, where=entry["name"])]

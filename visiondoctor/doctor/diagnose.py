@@ -198,7 +198,8 @@ def diagnose(model_factory: Callable[..., nn.Module], data: Dataset | Sequence, 
         eval_set = val_data if val_data is not None else data
         try:
             found = _evaluate(model, io, eval_set, task, threshold, batch_size, num_classes, out,
-                              history=trainer.history if trainer is not None else None, calibration=(images, targets))
+                              history=trainer.history if trainer is not None else None, calibration=(images, targets),
+                              trained_steps=trainer.state.step if trainer is not None else 0)
         except Exception as exc:  # noqa: BLE001
             found = [check_failed("diagnose.evaluate", exc)]
         if out is not None and (out / SCORE_PLOT).exists():
@@ -212,7 +213,8 @@ def diagnose(model_factory: Callable[..., nn.Module], data: Dataset | Sequence, 
 @torch.no_grad()
 def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: str, threshold: float,
               batch_size: int, num_classes: int | None, out_dir: Path | None = None,
-              history: list[dict[str, Any]] | None = None, calibration: tuple[Any, Any] | None = None) -> list[Finding]:
+              history: list[dict[str, Any]] | None = None, calibration: tuple[Any, Any] | None = None,
+              trained_steps: int = 0) -> list[Finding]:
     """Evaluate a copy of the model on the whole dataset given and run the evaluation-stage checks on the result.
     `calibration` (a training batch): BatchNorm statistics are re-estimated on it first, so a short run is judged by
     its weights, not by running statistics that lag behind them (small BatchNorm momentum)."""
@@ -245,6 +247,7 @@ def _evaluate(model: nn.Module, io: ModelIO, dataset: Dataset | Sequence, task: 
     if task == "detection":
         gt, dets = coco_from_batches(all_targets, all_outputs, sizes)
         stats = outputs.measure_detector_outputs(model, first_batch[0], first_batch[1], threshold, io)
+        stats.step = trained_steps
         stats.boxes = outputs.box_statistics(all_outputs, sizes, all_targets)  # every evaluated image
         findings = run_stage("evaluation", task=task, history=history, stats=stats,
                              consistency=score_iou_consistency(gt, dets, 0.05), tide=tide_errors(gt, dets))

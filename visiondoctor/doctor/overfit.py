@@ -48,6 +48,9 @@ class OverfitResult:
     history: list[float] = field(default_factory=list)
     boxes: dict[str, Any] = field(default_factory=dict)  # detection: what the fitted model's boxes are
     images: int = 0
+    outputs: list[dict[str, torch.Tensor]] = field(default_factory=list)  # detection: the fitted model's detections
+    targets: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    image_hw: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def loss_ratio(self) -> float:
@@ -93,10 +96,14 @@ def overfit_one_batch(model: nn.Module, images: Any, targets: Any, io: ModelIO |
     score, out = _score(probe, io, images, targets)
     best = min(history) if history else float("nan")
     ratio_ok = bool(history) and history[0] > 0 and best <= LOSS_RATIO_PASS * history[0]
-    boxes = box_statistics(out, image_sizes(images), targets) if io.task == "detection" else {}
+    detection = io.task == "detection"
+    boxes = box_statistics(out, image_sizes(images), targets) if detection else {}
     return OverfitResult(step, history[0] if history else float("nan"), history[-1] if history else float("nan"), best,
-                         score, "ap50" if io.task == "detection" else "pixel_accuracy",
-                         ratio_ok or _score_passes(io, score), history, boxes, len(list(images)))
+                         score, "ap50" if detection else "pixel_accuracy",
+                         ratio_ok or _score_passes(io, score), history, boxes, len(list(images)),
+                         [{k: v.detach().cpu() for k, v in o.items()} for o in out] if detection else [],
+                         [{k: torch.as_tensor(t[k]).detach().cpu() for k in ("boxes", "labels")} for t in targets] if detection else [],
+                         image_sizes(images))
 
 
 def _score_passes(io: ModelIO, score: float | None) -> bool:

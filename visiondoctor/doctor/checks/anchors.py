@@ -190,9 +190,12 @@ def check_matched_positives(obs: Observation) -> list[Finding]:
 
 
 @check("probe", order=23, findings=[FindingDoc(
-    "assignment.location-blind", "the training targets do not follow the objects (random, round-robin, fixed slots)",
+    "assignment.location-blind", "the training targets are not where the objects are (random, round-robin, fixed "
+    "slots, displaced)",
     "every loss component with the true boxes and with the same boxes moved elsewhere in their images, under the "
-    "same random state: a component that does not change at all has targets that ignore where the objects are",
+    "same random state: a component that does not change at all has targets that ignore where the objects are; and "
+    "(overfit probe) a model that fits its targets while its detections match the objects only once they are "
+    "displaced (x/y swapped, mirrored), or not at all",
     needs="the contract only (images, targets -> losses)", severity="error")])
 def check_location_blind_assignment(obs: Observation) -> list[Finding]:
     """assignment.location-blind from the moved-boxes experiment (visiondoctor.doctor.experiments)."""

@@ -22,6 +22,7 @@ from visiondoctor.doctor.model_io import ModelIO
 from visiondoctor.doctor.probe import model_device, to_device
 
 LONG_RUN = 2000  # steps after which a model that still does not see objects will not learn to
+WARN_AFTER = 500  # before this many steps a detector trained from scratch may not rank objects above background yet
 DOCTOR_THRESHOLD = 0.5  # the score the output checks judge at, whatever threshold a user displays boxes at
 AUROC_COLLAPSED = 0.75  # object anchors barely outrank background ones: the classifier does not see objects
 CONSTANT_SPREAD = 0.05  # p99 - p1 of the foreground score below this: one score everywhere
@@ -279,9 +280,9 @@ def _regression_stats(reg: torch.Tensor, box_coder: Any, fg: torch.Tensor) -> di
     "the foreground score of every location (raw head outputs) or detection: none reaching the threshold, the "
     "p1-p99 spread, and the AUROC of locations (or detections) on objects against the others",
     needs="the contract only (the returned detections); torchvision dense heads / box predictor add per-location "
-          "scores", severity="info (inconclusive) when nothing reaches the threshold yet objects outrank background; "
-          "warning when objects do not outrank background (AUROC < 0.75) or the score is constant; error only after "
-          "2000 steps")])
+          "scores", severity="info (inconclusive) when nothing reaches the threshold yet objects outrank background, "
+          "or before 500 steps; warning when objects still do not outrank background (AUROC < 0.75) or the score is "
+          "constant after 500 steps; error after 2000")])
 def check_background_collapse(stats: OutputStats) -> list[Finding]:
     """output.background-collapse: no location reaches the threshold, or one score everywhere. A symptom: after a
     short run it is inconclusive (info) unless objects do not even outrank background (warning); an error only
@@ -301,11 +302,12 @@ def check_background_collapse(stats: OutputStats) -> list[Finding]:
     constant = spread < CONSTANT_SPREAD and stats.source != "detections" and (auroc is None or blind)
     lo, hi = stats.fg_quantiles[1], stats.fg_quantiles[3]
     long_run = stats.step is not None and stats.step >= LONG_RUN
+    trained = stats.step is not None and stats.step >= WARN_AFTER
     if none_above:
         collapsed = blind or constant  # measured: objects do not outrank background, or one score everywhere
         return [Finding(
             id="output.background-collapse",
-            severity=("error" if long_run else "warning") if collapsed else "info",
+            severity=("error" if long_run else "warning" if trained else "info") if collapsed else "info",
             title=(f"The classifier predicts background everywhere: foreground scores {lo:.2f}-{hi:.2f}, none reaches "
                    f"{stats.threshold:g}, and objects do not score above background" if collapsed else
                    f"Inconclusive: no detection reaches {stats.threshold:g} yet (foreground scores {lo:.2f}-{hi:.2f})"
@@ -321,7 +323,7 @@ def check_background_collapse(stats: OutputStats) -> list[Finding]:
             where=stats.source)]
     if constant:
         return [Finding(
-            id="output.background-collapse", severity="error" if long_run else "warning",
+            id="output.background-collapse", severity="error" if long_run else "warning" if trained else "info",
             title=f"The classifier gives every location the same foreground score ({lo:.2f}-{hi:.2f}): it does not see objects",
             evidence=ev,
             cause="A constant score means the classifier learned only the prior; usually the positives it was trained on "
@@ -365,17 +367,20 @@ def check_detections_per_image(stats: OutputStats) -> list[Finding]:
 @check("monitor", "evaluation", order=52, findings=[FindingDoc(
     "regression.out-of-range", "box-regression outputs far outside the coder's range",
     "box deltas (divided by the coder's weights) beyond the coder's clamp, over all and over the top-scoring "
-    "locations", needs="a torchvision BoxCoder and dense head / box predictor",
-    severity="warning above 1 % of deltas, error above 10 %")])
+    "locations", needs="a torchvision BoxCoder and dense head / box predictor (other detectors: output.boxes-invalid "
+    "judges the decoded boxes)", severity="error above 10 % of the top-scoring locations' deltas; warning above 1 % "
+    "of them, or above 10 % of all deltas")])
 def check_regression_range(stats: OutputStats) -> list[Finding]:
     """regression.out-of-range: box deltas beyond the range the coder decodes without clamping."""
     reg = stats.reg
     if not reg:
         return []
     frac, top = reg["fraction_beyond_clip"], reg["fraction_beyond_clip_top_scoring"]
-    if frac <= REG_BEYOND_WARNING and top <= REG_BEYOND_WARNING:
+    # the boxes a detector returns come from its best-scoring locations: deltas beyond the clamp elsewhere are never
+    # decoded into an output (they are a hint, not a fault), so the verdict rests on the top-scoring ones
+    if top <= REG_BEYOND_WARNING and frac <= REG_BEYOND_ERROR:
         return []
-    severe = frac > REG_BEYOND_ERROR or top > REG_BEYOND_ERROR
+    severe = top > REG_BEYOND_ERROR
     return [Finding(
         id="regression.out-of-range", severity="error" if severe else "warning",
         title=f"Box deltas reach {reg['delta_range'][0]:.0f}..{reg['delta_range'][1]:.0f}; {frac:.0%} are beyond the coder's "
