@@ -51,7 +51,7 @@ def test_train_writes_a_complete_run_directory(trained_run):
 
 def test_eval_on_a_subset_is_recorded(trained_run, capsys):
     assert main(["eval", str(trained_run), "--split", "test", "--max-images", "2"]) == 0
-    metrics = json.loads((trained_run / "metrics.json").read_text())
+    metrics = json.loads((trained_run / "metrics_test.json").read_text())  # the split's own file (val's untouched)
     assert metrics["subset"] == {"evaluated_images": 2, "total_images": 4}
 
 

@@ -66,6 +66,10 @@ def _config(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.insert(0, f"{key}={value}")
+    if getattr(args, "pretrained", None) is not None:  # --pretrained / --no-pretrained: the whole model's and the backbone's
+        overrides[:0] = [f"model.pretrained={args.pretrained}", f"model.pretrained_backbone={args.pretrained}"]
+    if getattr(args, "weights", None):
+        overrides.insert(0, f"model.weights={args.weights}")
     return load_config(args.config, overrides)
 
 
@@ -92,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = pipeline.task_for(cfg)
     if options and not set(options) <= set(task.option_names()):
         raise ValueError("--loss-file and --anomaly-class apply to --task segmentation")
-    run = pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=args.resume)
+    run = pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=args.resume, exist_ok=args.exist_ok)
     _print_summary(run)
     return 0
 
@@ -278,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image-size", dest="image_size", type=int)
         p.add_argument("--max-minutes", dest="max_minutes", type=float, help="wall-clock training budget")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+        p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                       help="start from the best pretrained weights that exist (COCO, else ImageNet backbone; the "
+                            "default) or from scratch (--no-pretrained)")
+        p.add_argument("--weights", help="start from a local weights file (a state dict or a run's checkpoint)")
 
     p = sub.add_parser("demo", help="synthesize shapes, train, evaluate, diagnose and write the report")
     p.add_argument("--quick", action="store_true", help="a small smoke-test version (under 2 minutes)")
@@ -287,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (writes runs/<name>/)")
     train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
+    p.add_argument("--exist-ok", dest="exist_ok", action="store_true",
+                   help="write into <output_dir>/<name> even if it exists (default: a new <name>-2, <name>-3, ...)")
     p.add_argument("--phases", default=None, help="class-incremental training: phases.json, or auto (the dataset's)")
     p.add_argument("--method", default="replay+distill", choices=["replay+distill", "replay", "distill", "finetune"])
     p.add_argument("--memory-per-class", dest="memory_per_class", type=int, default=3)
