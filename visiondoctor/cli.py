@@ -15,10 +15,9 @@ import visiondoctor.early_exit  # noqa: F401 - importing a feature registers its
 import visiondoctor.incremental  # noqa: F401
 import visiondoctor.text_query  # noqa: F401
 from visiondoctor.config import Config, ConfigError, load_config
-from visiondoctor.data.formats import load_detection
 from visiondoctor.data.samples import DataError
 from visiondoctor.data.synth import generate
-from visiondoctor.data.validate import convert, format_report, validate
+from visiondoctor.data.validate import convert, format_dataset_report, validate_dataset
 from visiondoctor.doctor.zoo import ZOO, evaluate_case
 from visiondoctor.early_exit.analysis import calibrate_and_analyse
 from visiondoctor.engine import distributed
@@ -215,8 +214,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         console.print(f"{args.kind} dataset written to {args.out}")
         return 0
     if args.data_command == "validate":
-        report = validate(load_detection(args.path, args.format, args.split))
-        print(format_report(report))
+        report = validate_dataset(args.path, args.format, args.split, args.task)
+        print(format_dataset_report(report))
         return 1 if report.refused else 0  # refused records would be lost: not usable as is
     if args.data_command == "convert":
         result = convert(args.path, args.format, args.split, args.out)
@@ -384,10 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--num-train", dest="num_train", type=int, default=None)
     q.add_argument("--preset", default=None, help="a named size preset of the generator (e.g. quick)")
-    q = dsub.add_parser("validate", help="read a dataset and list every problem found")
+    q = dsub.add_parser("validate", help="read a dataset (every split unless --split, and the images they share) "
+                                         "and list every problem found; exit 1 when records would be lost")
     q.add_argument("path")
     q.add_argument("--format", default="auto")
     q.add_argument("--split", default=None)
+    q.add_argument("--task", choices=["auto", "detection", "segmentation"], default="auto",
+                   help="what the dataset is for (auto: the layout found)")
     q = dsub.add_parser("convert", help="convert a dataset to COCO JSON")
     q.add_argument("path")
     q.add_argument("--format", default="auto")
