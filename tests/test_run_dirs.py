@@ -14,7 +14,7 @@ from visiondoctor.cli import main
 from visiondoctor.config import load_config
 from visiondoctor.engine.checkpoint import load_latest
 from visiondoctor.models.anchor_fit import prior_params
-from visiondoctor.rundir import RunDir, split_file, unique_run_path
+from visiondoctor.rundir import RunDir, split_file, unused_run_dir
 from visiondoctor.tasks.pipeline import claim_run_name, evaluate_run, load_run_model
 
 MODEL = "ssdlite_mobilenet_v3_small"  # the cheapest detector with default boxes; its priors get refitted at 96 px
@@ -45,10 +45,10 @@ def test_the_same_name_twice_keeps_both_runs(runs):
 
 
 def test_run_names_are_numbered_unless_the_folder_may_be_reused(tmp_path: Path):
-    assert unique_run_path(tmp_path / "run") == tmp_path / "run"
+    assert unused_run_dir(tmp_path / "run") == tmp_path / "run"
     (tmp_path / "run").mkdir()
     (tmp_path / "run-2").mkdir()
-    assert unique_run_path(tmp_path / "run") == tmp_path / "run-3"
+    assert unused_run_dir(tmp_path / "run") == tmp_path / "run-3"
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=run"])
     assert claim_run_name(cfg).name == "run-3"
     assert claim_run_name(cfg, reuse=True).name == "run"  # --resume, --exist-ok

@@ -3,7 +3,7 @@
 Any later command (eval, report, compare, diagnose, anomaly, export) reads a run
 directory; nothing depends on process state.
 
-Runs never mix: a new run whose folder exists gets `name-2`, `name-3`, ... (`unique_run_path`)
+Runs never mix: a new run whose folder exists gets `name-2`, `name-3`, ... (`unused_run_dir`)
 unless it resumes or is told the folder may be reused. Evaluation files are named by split
 (`split_file`): those of the validation split — the split training evaluates on — keep the plain
 names (metrics.json, predictions.json, gt.json, ...), any other split's carry it before the
@@ -31,7 +31,7 @@ def split_file(name: str, split: str) -> str:
     return f"{stem}_{split}{dot}{suffix}"
 
 
-def unique_run_path(path: str | Path) -> Path:
+def unused_run_dir(path: str | Path) -> Path:
     """`path` when no such file or folder exists, else the first free `path-2`, `path-3`, ... (as Ultralytics
     numbers its runs), so a new run never writes into an older one."""
     path = Path(path)

@@ -46,7 +46,7 @@ from visiondoctor.models.detection import load_weights_file, resolve_weights
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.registry import Registry
 from visiondoctor.report.html import build_report as build_report_html
-from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file, unique_run_path
+from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file, unused_run_dir
 from visiondoctor.tasks.diagnosis import RunDiagnosis
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def claim_run_name(cfg: Config, reuse: bool = False) -> Config:
     `reuse` (resume, exist_ok) the name as given. Rank 0 decides, every rank gets its answer."""
     if reuse:
         return cfg
-    path = unique_run_path(cfg.run_path) if dist_utils.is_main() else None
+    path = unused_run_dir(cfg.run_path) if dist_utils.is_main() else None
     path = dist_utils.broadcast_object(path)
     if path != cfg.run_path:
         log.info("%s exists: this run is written to %s (--exist-ok to reuse the folder, --resume to continue it)",
