@@ -31,7 +31,8 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     run = tmp_path / "runs" / "notebook"
     assert "step 3: val mAP" in out, out  # the callback saw the evaluation (24 images / batch 8 = 3 steps)
     assert f"{Path('runs/notebook/report.html')}" in out and (run / "report.html").exists()
-    assert json.loads((run / "metrics.json").read_text())["num_images"] == 4  # the test split, as printed
+    assert json.loads((run / "metrics_test.json").read_text())["num_images"] == 4  # the test split, as printed
+    assert json.loads((run / "metrics.json").read_text())["num_images"] == 8  # the validation split's, kept
     predictions = json.loads((run / "predict" / "predictions.json").read_text())
     assert len(predictions["images"]) == 4 and len(list((run / "predict").glob("*.png"))) == 4
     findings = json.loads((tmp_path / "runs" / "my_model-diagnosis" / "diagnosis.json").read_text())

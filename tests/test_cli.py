@@ -54,7 +54,7 @@ def test_train_writes_a_complete_run_directory(trained_run):
 
 def test_eval_on_a_subset_is_recorded(trained_run, capsys):
     assert main(["eval", str(trained_run), "--split", "test", "--max-images", "2"]) == 0
-    metrics = json.loads((trained_run / "metrics.json").read_text())
+    metrics = json.loads((trained_run / "metrics_test.json").read_text())  # the split's own file (val's untouched)
     assert metrics["subset"] == {"evaluated_images": 2, "total_images": 4}
 
 
@@ -150,8 +150,8 @@ def test_eval_on_another_dataset_of_the_same_classes(trained_run, tmp_path, caps
     generate("shapes", other, num_images=4, seed=7, num_val=2, num_test=3, image_size=96)
     assert main(["eval", str(trained_run), "--data", str(other), "--split", "test", "--batch-size", "2",
                  "--device", "cpu"]) == 0
-    assert json.loads((trained_run / "metrics.json").read_text())["num_images"] == 3
-    assert json.loads((trained_run / "gt.json").read_text())["image_root"] == str(other / "test")
+    assert json.loads((trained_run / "metrics_test.json").read_text())["num_images"] == 3
+    assert json.loads((trained_run / "gt_test.json").read_text())["image_root"] == str(other / "test")
 
     different = tmp_path / "different"
     generate("shapes", different, num_images=4, seed=7, num_val=2, num_test=3, image_size=96,

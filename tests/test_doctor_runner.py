@@ -1,4 +1,5 @@
-"""A check that fails internally becomes an info finding naming it; it never stops the run."""
+"""A check that fails internally becomes an info finding naming it; a model that raises becomes an error
+finding naming the pass; neither stops the run."""
 import torch
 from torch import nn
 
@@ -49,8 +50,9 @@ def test_probe_failure_is_reported_and_the_rest_still_runs():
     images, targets = batch(squares(2))
     findings, obs = static_checks(EvalBreaks(), images, targets, num_classes=3)
     ids = [f.id for f in findings]
-    assert "check.failed" in ids
-    assert any("eval path not implemented" in f.title for f in findings if f.id == "check.failed")
+    raised = [f for f in findings if f.id == "model.raised"]  # the user's model failed, not our check: an error
+    assert raised and raised[0].severity == "error" and "eval path not implemented" in raised[0].title
+    assert "check.failed" not in ids
     assert "params.no-gradient" in ids  # from the training pass, which worked
     assert obs is not None and "eval" in obs.failures
 

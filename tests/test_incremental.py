@@ -159,7 +159,7 @@ def test_run_phases_end_to_end_writes_results_and_report(tmp_path, sketches):
     from visiondoctor.rundir import RunDir
 
     cfg = load_config(None, ["name=inc", f"output_dir={tmp_path}", f"data.path={sketches}", "model.name=two_stage_rcnn",
-                             "model.image_size=128", "train.epochs=1", "train.batch_size=4", "train.optimizer=adamw",
+                             "model.pretrained=false", "model.pretrained_backbone=false", "model.image_size=128", "train.epochs=1", "train.batch_size=4", "train.optimizer=adamw",
                              "train.lr=0.001", "train.warmup_steps=1", "train.device=cpu", "train.monitors=false",
                              "eval.split=test"])
     results = run_phases(cfg, None, "replay+distill", IncrementalOptions(phase_steps=2, memory_per_class=1, report=False))

@@ -117,7 +117,7 @@ def test_export_refuses_a_graph_that_does_not_match(run, onnx_model, test_images
     from visiondoctor.tasks.export import check_logits
 
     task, cfg, categories = pipeline.run_task(RunDir.open(run))
-    other = task.build_model(cfg, categories, None).eval()  # other weights than the exported ones
+    other = task.build_model(pipeline.with_weights_flags(cfg, False, False), categories, None).eval()  # other weights
     with pytest.raises(ExportError, match="differ from PyTorch"):
         check_logits(other, onnx_model, load_rgb(test_images[0]))
 

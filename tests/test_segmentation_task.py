@@ -59,7 +59,8 @@ def test_train_anomaly_and_subset_eval(streets: Path, tmp_path: Path, monkeypatc
 
     sub = evaluate_run(run.path, split="test", max_images=2)
     assert sub["subset"] == {"evaluated_images": 2, "total_images": 4}
-    assert "eval.sample-bias" in {f["id"] for f in json.loads(run.diagnosis_json.read_text())}
+    # the test split's diagnosis is its own file; the validation split's diagnosis.json stays as training wrote it
+    assert "eval.sample-bias" in {f["id"] for f in json.loads((run.path / "diagnosis_test.json").read_text())}
 
     build_report(run)
     html = run.report.read_text()

@@ -18,5 +18,6 @@ SMALL_RCNN = ("model.kwargs={box_batch_size_per_image: 32, rpn_pre_nms_top_n_tra
 def train_tiny_run(out: Path, model: str, epochs: int = 2, extra: Sequence[str] = ()) -> Path:
     cfg = load_config(None, [*SHAPES_96, f"model.name={model}", "model.image_size=96", f"train.epochs={epochs}",
                              "train.batch_size=8", "train.warmup_steps=2", "train.lr=0.02", "train.monitors=false",
+                             "model.pretrained=false", "model.pretrained_backbone=false",
                              f"output_dir={out}", f"name={model}", *extra])
     return train(task_for(cfg), cfg).path

@@ -32,6 +32,7 @@ from visiondoctor.doctor.diagnose import load_factory, load_loss
 from visiondoctor.engine.callbacks import Callback, TrainState
 from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.findings import Finding
+from visiondoctor.models.detection import resolve_weights
 from visiondoctor.models.registry import create_model
 from visiondoctor.rundir import RunDir
 from visiondoctor.tasks import pipeline
@@ -71,7 +72,7 @@ def train(data: str | Path | None = None, model: str | None = None, *, task: str
           config: str | Path | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
           resume: bool = False, batch_size: int | None = None, output_dir: str | Path | None = None,
           device: str | None = None, synth: str | None = None, max_minutes: float | None = None,
-          **options: Any) -> RunDir:
+          exist_ok: bool = False, **options: Any) -> RunDir:
     """Train, evaluate on the validation split, diagnose and write the report: `visiondoctor train`.
 
     data: a dataset folder or annotation file (COCO, VOC, YOLO, image/mask folders), or None with
@@ -80,11 +81,13 @@ def train(data: str | Path | None = None, model: str | None = None, *, task: str
     shipped preset ("demo"), which the keyword arguments and then `overrides` ("train.lr=0.01")
     change; callbacks: engine Callbacks (visiondoctor.engine.callbacks) called during training, e.g.
     to log to your tracker; options: the task's own (segmentation: loss_file, anomaly_class).
-    Returns the run directory (runs/<name>/ unless output_dir)."""
+    Returns the run directory: runs/<name>/ (unless output_dir), or runs/<name>-2/, -3, ... when that
+    exists and neither resume nor exist_ok is set."""
     cfg = build_config(config, overrides, data=data, model=model, task=task, image_size=image_size, epochs=epochs,
                        name=name, batch_size=batch_size, output_dir=output_dir, device=device, synth=synth,
                        max_minutes=max_minutes)
-    return pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=resume, callbacks=callbacks)
+    return pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=resume, callbacks=callbacks,
+                          exist_ok=exist_ok)
 
 
 def evaluate(run: RunLike, split: str = "val", max_images: int = 0, data: str | Path | None = None, *,
@@ -116,10 +119,11 @@ def _factory(model: str | Callable[..., nn.Module] | None, cfg: Config) -> Calla
     if model is not None and ".py:" in model:  # path.py:function, the --model-file form
         return load_factory(model)
 
-    def registered(num_classes: int) -> nn.Module:
-        return create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
-                            pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone,
-                            **cfg.model.kwargs)
+    def registered(num_classes: int) -> nn.Module:  # with the best weights that can be had, as a run's model
+        return resolve_weights(
+            lambda p, b: create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
+                                      pretrained=p, pretrained_backbone=b, **cfg.model.kwargs),
+            cfg.model.name, cfg.model.pretrained, cfg.model.pretrained_backbone)[0]
 
     return registered
 

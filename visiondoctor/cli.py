@@ -16,11 +16,14 @@ import visiondoctor.text_query  # noqa: F401
 from visiondoctor import __version__, api
 from visiondoctor.api import build_config
 from visiondoctor.config import Config, ConfigError, load_config
-from visiondoctor.data.formats import list_splits, load_detection, match_split
-from visiondoctor.data.formats.yolo import YoloWrite, write_yolo
 from visiondoctor.data.samples import DataError
 from visiondoctor.data.synth import generate
-from visiondoctor.data.validate import convert, format_report, validate
+from visiondoctor.data.validate import (
+    convert,
+    convert_to_yolo,
+    format_dataset_report,
+    validate_dataset,
+)
 from visiondoctor.doctor.zoo import ZOO, evaluate_case
 from visiondoctor.early_exit.analysis import calibrate_and_analyse
 from visiondoctor.engine import distributed, progress
@@ -67,7 +70,12 @@ def command(name: str) -> Callable:
 def _config(args: argparse.Namespace) -> Config:
     flags = ("task", "data", "format", "model", "name", "epochs", "batch_size", "image_size", "max_minutes", "device",
              "synth", "output_dir")
-    return build_config(args.config, args.set or [], **{flag: getattr(args, flag, None) for flag in flags})
+    overrides = list(args.set or [])
+    if getattr(args, "pretrained", None) is not None:  # --pretrained / --no-pretrained: the whole model's and the backbone's
+        overrides[:0] = [f"model.pretrained={args.pretrained}", f"model.pretrained_backbone={args.pretrained}"]
+    if getattr(args, "weights", None):
+        overrides.insert(0, f"model.weights={args.weights}")
+    return build_config(args.config, overrides, **{flag: getattr(args, flag, None) for flag in flags})
 
 
 @command("demo")
@@ -86,14 +94,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.phases:
         options = IncrementalOptions(memory_per_class=args.memory_per_class, phase_steps=args.phase_steps,
                                      reuse_base=args.reuse_base or "")
-        run_phases(cfg, None if args.phases == "auto" else args.phases, args.method, options)
-        print(f"report: {cfg.run_path / 'report.html'}")
+        results = run_phases(cfg, None if args.phases == "auto" else args.phases, args.method, options,
+                             exist_ok=args.exist_ok)
+        print(f"report: {Path(results['run_dir']) / 'report.html'}")
         return 0
     options = {k: v for k, v in (("loss_file", args.loss_file), ("anomaly_class", args.anomaly_class)) if v is not None}
     task = pipeline.task_for(cfg)
     if options and not set(options) <= set(task.option_names()):
         raise ValueError("--loss-file and --anomaly-class apply to --task segmentation")
-    run = pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=args.resume)
+    run = pipeline.train(pipeline.task_for(cfg, **options), cfg, resume=args.resume, exist_ok=args.exist_ok)
     _print_summary(run)
     return 0
 
@@ -233,8 +242,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         console.print(f"{args.kind} dataset written to {args.out}")
         return 0
     if args.data_command == "validate":
-        report = validate(load_detection(args.path, args.format, args.split))
-        print(format_report(report))
+        report = validate_dataset(args.path, args.format, args.split, args.task)
+        print(format_dataset_report(report))
         return 1 if report.refused else 0  # refused records would be lost: not usable as is
     if args.data_command == "convert" and args.to == "yolo":
         for w in convert_to_yolo(args.path, args.format, args.split, args.out):
@@ -249,24 +258,6 @@ def cmd_data(args: argparse.Namespace) -> int:
                       f"file names relative to {result.images_root})")
         return 0
     raise AssertionError(args.data_command)
-
-
-def convert_to_yolo(path: str | Path, format: str, split: str | None, out: str | Path) -> list[YoloWrite]:
-    """Every split of a dataset (or `split`) written under `out` in Ultralytics' layout by write_yolo,
-    every split with the training split's class order; split folders named as YOLO tools expect them
-    (Roboflow's `valid` -> `val`). A dataset without splits is written as `split` or `train`."""
-    available = list_splits(path, format)
-    if not available:
-        index = load_detection(path, format, None)
-        return [write_yolo(index, out, split or "train", index.categories)]
-    train = match_split("train", available)
-    categories = load_detection(path, format, train).categories if train else None
-    written = []
-    for name in [split] if split else available:
-        index = load_detection(path, format, name)
-        written.append(write_yolo(index, out, match_split(name, ["train", "val", "test"]) or name,
-                                  categories if categories is not None else index.categories))
-    return written
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -369,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          DEFAULTS.train.max_minutes))
         p.add_argument("--device", help=_from_config("auto (a GPU when there is one), cpu, cuda, cuda:1 ...",
                                                      "train.device", DEFAULTS.train.device))
+        p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                       help="start from the best pretrained weights that exist (COCO, else ImageNet backbone) or from "
+                            "scratch (--no-pretrained) (default: --pretrained, as model.pretrained)")
+        p.add_argument("--weights", help="start from a local weights file (a state dict or a run's checkpoint) (default: none)")
 
     p = sub.add_parser("demo", help="synthesize shapes, train, evaluate, diagnose and write the report")
     p.add_argument("--quick", action="store_true", help="a small smoke-test version (under 2 minutes)")
@@ -381,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or the defaults), then the flags, then --set (the last wins).")
     train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last valid checkpoint")
+    p.add_argument("--exist-ok", dest="exist_ok", action="store_true",
+                   help="write into <output_dir>/<name> even if it exists (default: a new <name>-2, <name>-3, ...)")
     p.add_argument("--phases", default=None,
                    help="class-incremental training: phases.json, or auto (the dataset's) (default: off)")
     p.add_argument("--method", default="replay+distill", choices=["replay+distill", "replay", "distill", "finetune"],
@@ -496,14 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--num-train", dest="num_train", type=int, default=None,
                    help="training images (default: the generator's own)")
     q.add_argument("--preset", default=None, help="a named size preset of the generator, e.g. quick (default: none)")
-    q = dsub.add_parser("validate", help="read a dataset and list every problem found")
+    q = dsub.add_parser("validate", help="read a dataset (every split unless --split, and the images they share) "
+                                         "and list every problem found; exit 1 when records would be lost")
     q.add_argument("path", help="dataset folder or annotation file")
     q.add_argument("--format", default="auto", help="coco, voc, yolo, ... or auto (detected from the files)")
-    q.add_argument("--split", default=None, help="the split to read (default: the dataset's only or train split)")
+    q.add_argument("--split", default=None, help="the split to read (default: every split)")
+    q.add_argument("--task", choices=["auto", "detection", "segmentation"], default="auto",
+                   help="what the dataset is for (auto: the layout found)")
     q = dsub.add_parser("convert", help="convert a dataset to COCO JSON, or to a YOLO folder (every split)")
     q.add_argument("path", help="dataset folder or annotation file")
     q.add_argument("--format", default="auto", help="coco, voc, yolo, ... or auto (detected from the files)")
-    q.add_argument("--split", default=None, help="one split (YOLO: default every split)")
+    q.add_argument("--split", default=None, help="one split (default: COCO the dataset's only or train split; YOLO every split)")
     q.add_argument("--to", default="coco", choices=["coco", "yolo"], help="the target format")
     q.add_argument("--out", required=True, help="COCO: the .json file; YOLO: the folder (images/ labels/ data.yaml)")
 

@@ -35,8 +35,12 @@ class DataConfig:
 class ModelConfig:
     name: str = "ssdlite320_mobilenet_v3_large"
     image_size: int = 320
-    pretrained: bool = False  # COCO-pretrained detector weights
-    pretrained_backbone: bool = False  # ImageNet backbone weights
+    # Weights: the best that exist and can be had, in this order: the whole model's (COCO), the backbone's
+    # (ImageNet), none; a fallback is said in one log line and recorded in the run's weights.json.
+    pretrained: bool = True  # whole-model (COCO detector) weights, where they exist
+    pretrained_backbone: bool = True  # ImageNet backbone weights, where they exist
+    weights: str = ""  # a local weights file (state dict or visiondoctor checkpoint), loaded tensors-only; overrides both
+    auto_priors: bool = True  # measure the anchors'/default boxes' best possible recall on the data; refit below 0.98
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder
 
 

@@ -2,6 +2,12 @@
 
 Any later command (eval, report, compare, diagnose, anomaly, export) reads a run
 directory; nothing depends on process state.
+
+Runs never mix: a new run whose folder exists gets `name-2`, `name-3`, ... (`unused_run_dir`)
+unless it resumes or is told the folder may be reused. Evaluation files are named by split
+(`split_file`): those of the validation split — the split training evaluates on — keep the plain
+names (metrics.json, predictions.json, gt.json, ...), any other split's carry it before the
+extension (metrics_test.json, predictions_test.json, gt_test.json, ...).
 """
 from __future__ import annotations
 
@@ -11,6 +17,30 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+VAL_SPLIT = "val"  # the split whose evaluation files keep the plain names
+
+
+def split_file(name: str, split: str) -> str:
+    """The file name an evaluation of `split` writes for `name`: `name` for the validation split,
+    `<stem>_<split><suffix>` for any other (metrics.json -> metrics_test.json)."""
+    if split == VAL_SPLIT:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}_{split}{dot}{suffix}"
+
+
+def unused_run_dir(path: str | Path) -> Path:
+    """`path` when no such file or folder exists, else the first free `path-2`, `path-3`, ... (as Ultralytics
+    numbers its runs), so a new run never writes into an older one."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,12 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     plots = property(lambda self: self.path / "plots")
     log = property(lambda self: self.path / "train.log")
+    priors = property(lambda self: self.path / "priors.json")  # the priors' fit (models.anchor_fit.fit_model_priors)
+    weights = property(lambda self: self.path / "weights.json")  # which weights the run started from
+
+    def split_path(self, name: str, split: str) -> Path:
+        """Where an evaluation of `split` writes `name` (see split_file)."""
+        return self.path / split_file(name, split)
 
     def read_json(self, name: str) -> Any:
         with open(self.path / name, encoding="utf-8") as fh:

@@ -2,7 +2,9 @@
 
 The readers already judged every record; this module counts their verdicts (by kind and
 action), adds the numbers a user checks before training (boxes per class, box sizes, empty
-classes, images without boxes) and formats them for the terminal.
+classes, images without boxes) and formats them for the terminal. `validate_dataset` does it for
+every split of a detection or segmentation dataset (segmentation: data/seg_validate.py, with the
+void value and where it came from) and lists the images found in two splits (data/overlap.py).
 """
 from __future__ import annotations
 
@@ -13,9 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from visiondoctor.data.formats import load_detection
+from visiondoctor.data.formats import (
+    detect_format,
+    formats_for,
+    list_splits,
+    load_detection,
+    load_segmentation,
+    match_split,
+)
 from visiondoctor.data.formats.coco import write_coco
-from visiondoctor.data.samples import DetectionIndex, Problem
+from visiondoctor.data.formats.yolo import YoloWrite, write_yolo
+from visiondoctor.data.overlap import SharedImage, find_shared_images
+from visiondoctor.data.samples import DataError, DetectionIndex, Problem
+from visiondoctor.data.seg_validate import (
+    SegmentationValidation,
+    format_segmentation_report,
+    validate_segmentation,
+)
 
 # COCO's size buckets (area in px²), so the summary speaks the same language as map_small etc.
 SMALL_AREA, LARGE_AREA = 32**2, 96**2
@@ -153,3 +169,104 @@ def problems_by_action(problems: list[Problem]) -> dict[str, int]:
     """{"repaired": n, "refused": n, "info": n}: the one-line count a training log prints."""
     counts = Counter(p.action for p in problems)
     return {action: counts.get(action, 0) for action in ("repaired", "refused", "info")}
+
+
+# ----- a whole dataset: every split, detection or segmentation, and the images the splits share -------------------
+
+@dataclass
+class DatasetValidation:
+    """`data validate ROOT`: each split's report (detection or segmentation) and the images found in two splits."""
+
+    root: str
+    task: str  # detection | segmentation
+    format: str
+    detection: list[tuple[str, ValidationReport]] = field(default_factory=list)  # (split, report)
+    segmentation: SegmentationValidation | None = None
+    shared: list[SharedImage] | None = None  # None: one split only, nothing to compare
+
+    @property
+    def refused(self) -> int:
+        """Records (boxes, images, masks) that reading refused: they would be lost in training."""
+        seg = self.segmentation.refused if self.segmentation is not None else 0
+        return sum(r.refused for _, r in self.detection) + seg
+
+
+def validate_dataset(path: str | Path, format: str = "auto", split: str | None = None,
+                     task: str = "auto") -> DatasetValidation:
+    """Validate one split, or (split None) every split the dataset has and the images shared between them.
+    `task` auto: the first of detection and segmentation whose layouts recognise the path and read it (a
+    dataset folder can look like both: the generic image/mask reader accepts any folder)."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such file or folder")
+    tasks = [task] if task != "auto" else ["detection", "segmentation"]
+    errors: list[DataError] = []
+    for candidate in tasks:
+        try:
+            fmt = detect_format(Path(path), candidate) if format == "auto" else _named_format(path, format, candidate)
+            return _validate_as(path, candidate, fmt, split)
+        except DataError as exc:
+            errors.append(exc)
+    raise errors[0] if len(errors) == 1 else DataError(
+        f"{errors[0]} (as detection data); as segmentation data: {errors[1]}")
+
+
+def _named_format(path: str | Path, format: str, task: str) -> str:
+    if format not in {f.name for f in formats_for(task)}:
+        raise DataError(f"{path}: {format!r} is not a {task} format")
+    return format
+
+
+def _validate_as(path: str | Path, task: str, fmt: str, split: str | None) -> DatasetValidation:
+    splits: list[str | None] = [split] if split else (_in_usual_order(list_splits(path, fmt, task)) or [None])
+    report = DatasetValidation(str(path), task, fmt)
+    if task == "segmentation":
+        indexes = {s or "": load_segmentation(path, fmt, s) for s in splits}
+        report.segmentation = validate_segmentation(indexes, shared_images=len(indexes) > 1)
+        report.shared = report.segmentation.shared
+        return report
+    detection = {s or "": load_detection(path, fmt, s) for s in splits}
+    report.detection = [(s, validate(index)) for s, index in detection.items()]
+    if len(detection) > 1:
+        report.shared = find_shared_images({s: [r.path for r in index.records] for s, index in detection.items()})
+    return report
+
+
+def _in_usual_order(splits: list[str]) -> list[str]:
+    """train, then the validation split (any alias), then test, then the rest as listed."""
+    rank = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+    return sorted(splits, key=lambda s: (rank.get(s, 3), s))
+
+
+def format_dataset_report(report: DatasetValidation) -> str:
+    """Plain text for the terminal: each split's report, the images shared between splits, and the verdict."""
+    lines = [f"{report.root}: {report.task} dataset ({report.format} layout)"]
+    if report.segmentation is not None:
+        lines.append(format_segmentation_report(report.segmentation))
+    else:
+        for split, split_report in report.detection:
+            if split:
+                lines.append(f"== {split} ==")
+            lines.append(format_report(split_report))
+        if report.shared is not None:  # the segmentation report's shared-images block, on its own
+            lines.append(format_segmentation_report(SegmentationValidation([], report.shared)))
+    lines.append(f"records that would be lost: {report.refused} (exit status 1)" if report.refused
+                 else "no record would be lost")
+    return "\n".join(lines)
+
+
+def convert_to_yolo(path: str | Path, format: str, split: str | None, out: str | Path) -> list[YoloWrite]:
+    """Every split of a dataset (or `split`) written under `out` in Ultralytics' layout by write_yolo,
+    every split with the training split's class order; split folders named as YOLO tools expect them
+    (Roboflow's `valid` -> `val`). A dataset without splits is written as `split` or `train`."""
+    available = list_splits(path, format)
+    if not available:
+        index = load_detection(path, format, None)
+        return [write_yolo(index, out, split or "train", index.categories)]
+    train = match_split("train", available)
+    categories = load_detection(path, format, train).categories if train else None
+    written = []
+    for name in [split] if split else available:
+        index = load_detection(path, format, name)
+        written.append(write_yolo(index, out, match_split(name, ["train", "val", "test"]) or name,
+                                  categories if categories is not None else index.categories))
+    return written

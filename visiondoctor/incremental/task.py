@@ -54,12 +54,13 @@ from visiondoctor.incremental.phases import (
 )
 from visiondoctor.incremental.unfreeze import GradualUnfreezing
 from visiondoctor.models.anchor_fit import AnchorFit, boxes_in_input_frame, fit_anchors
+from visiondoctor.models.detection import resolve_weights
 from visiondoctor.models.registry import create_model
 from visiondoctor.models.two_stage import grow_predictor, measure_features
 from visiondoctor.rundir import RunDir, write_bytes_atomic
 from visiondoctor.tasks.detection import evaluate_model, predict
 from visiondoctor.tasks.diagnosis import RunDiagnosis
-from visiondoctor.tasks.pipeline import Datasets, build_report, fit_model
+from visiondoctor.tasks.pipeline import Datasets, build_report, claim_run_name, fit_model
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,10 @@ def build_phase_model(cfg: Config, num_classes: int, anchors: AnchorFit | None) 
     kwargs = dict(cfg.model.kwargs)
     if anchors is not None:
         kwargs.update(anchor_sizes=anchors.sizes, aspect_ratios=anchors.aspect_ratios)
-    model = create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
-                         pretrained=cfg.model.pretrained, pretrained_backbone=cfg.model.pretrained_backbone, **kwargs)
+    model, _ = resolve_weights(  # the best weights that can be had, as a single run's model
+        lambda p, b: create_model(cfg.model.name, num_classes=num_classes, image_size=cfg.model.image_size,
+                                  pretrained=p, pretrained_backbone=b, **kwargs),
+        cfg.model.name, cfg.model.pretrained, cfg.model.pretrained_backbone)
     if not hasattr(model, "roi_heads"):
         raise ValueError(f"model {cfg.model.name!r} is not a two-stage detector (no roi_heads): incremental phases "
                          "grow its RoI classifier; use model.name=two_stage_rcnn")
@@ -170,8 +173,9 @@ def _append_history(run: RunDir, phase: int, offset: int) -> int:
 # ----- the phases ------------------------------------------------------------------------------------------------
 
 def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, method: str = "replay+distill",
-               options: IncrementalOptions | None = None) -> dict[str, Any]:
-    """Train `cfg`'s model phase by phase and evaluate after each; returns (and writes) the results."""
+               options: IncrementalOptions | None = None, exist_ok: bool = False) -> dict[str, Any]:
+    """Train `cfg`'s model phase by phase and evaluate after each; returns (and writes) the results, with
+    "run_dir": the run's folder (a new `<name>-2`, ... when `<name>` exists, unless `exist_ok`)."""
     if method not in METHODS:
         raise ValueError(f"unknown incremental method {method!r}; available: {', '.join(METHODS)}")
     replay, distill = METHODS[method]
@@ -186,11 +190,12 @@ def run_phases(cfg: Config, phases: str | Path | Sequence[Phase] | None = None, 
     gt = to_coco_dict(eval_index)
     names = {c.id: c.name for c in data.train.categories}
     device = resolve_device(cfg.train.device)
+    cfg = claim_run_name(cfg, reuse=exist_ok)
     run = RunDir.create(cfg.run_path)
     save_config(cfg, run.config)
     run.write_json("data_summary.json", data.summary())
 
-    results: dict[str, Any] = {"method": method, "options": options.to_dict(), "eval_split": cfg.eval.split,
+    results: dict[str, Any] = {"run_dir": str(run.path), "method": method, "options": options.to_dict(), "eval_split": cfg.eval.split,
                                "num_phases": len(phases), "phases": []}
     taught_in = {names[c]: p.index for p in phases for c in p.category_ids}
     per_class_ap50: list[dict[str, float | None]] = []

@@ -12,16 +12,27 @@ the real BPR (each size and ratio scaled up or down while the BPR, then the mean
 improves) — the best-possible-recall search of YOLOv5's autoanchor, done here on a
 torchvision anchor grid. Hand-written because no maintained library fits torchvision
 AnchorGenerator parameters.
+
+`fit_model_priors` does it for any model: it finds every prior generator (AnchorGenerator of
+RetinaNet, Faster R-CNN and the two-stage model; DefaultBoxGenerator of SSD, SSDLite and the
+early-exit exits), measures the grid a training step calls each one on, judges the priors on
+the training boxes in the model's input frame (`best_possible_recall`, the number the doctor's
+anchors.coverage reports) and, below REFIT_BELOW, refits them with as many priors per position,
+so the heads stay valid. Its record (priors.json in a run) is what `apply_priors` rebuilds.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_iou
 
 SEARCH_FACTORS = (0.8, 0.9, 1.1, 1.25)
 
@@ -55,31 +66,11 @@ def anchor_quality(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Seq
 
 def best_anchor_iou(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
                     feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int], boxes: torch.Tensor) -> torch.Tensor:
-    """For each box, the highest IoU any anchor of the grid reaches ([N]).
-
-    Same anchors as torchvision's AnchorGenerator (its own rounded cell anchors, shifted by
-    multiples of stride = image // feature size), but only the grid position nearest to the
-    box centre is tried for each anchor shape: for axis-aligned boxes of fixed size the IoU only
-    falls as the centres move apart along either axis, so the nearest position is the best one.
-    That makes the search O(boxes x shapes) instead of O(boxes x anchors)."""
+    """For each box, the highest IoU any anchor of torchvision's AnchorGenerator grid reaches ([N])."""
     generator = AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in sizes),
                                 tuple(tuple(float(r) for r in lv) for lv in aspect_ratios))
-    boxes = boxes.float().reshape(-1, 4)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    best = torch.zeros(boxes.shape[0])
-    for base, (h, w) in zip(generator.cell_anchors, feature_hw):
-        stride = torch.tensor([image_hw[1] // w, image_hw[0] // h], dtype=torch.float32)
-        limit = torch.tensor([w - 1, h - 1], dtype=torch.float32)
-        for anchor in base.float():
-            offset = (anchor[:2] + anchor[2:]) / 2
-            cell = torch.minimum(torch.clamp(torch.round((centre - offset) / stride), min=0), limit)
-            shifted = anchor.repeat(boxes.shape[0], 1) + (cell * stride).repeat(1, 2)
-            lt = torch.maximum(boxes[:, :2], shifted[:, :2])
-            rb = torch.minimum(boxes[:, 2:], shifted[:, 2:])
-            inter = (rb - lt).clamp(min=0).prod(dim=1)
-            union = (boxes[:, 2:] - boxes[:, :2]).prod(dim=1) + (shifted[:, 2:] - shifted[:, :2]).prod(dim=1) - inter
-            best = torch.maximum(best, inter / union.clamp(min=1e-9))
-    return best
+    grid = PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw))
+    return grid_best_iou(generate_priors(generator, grid), generator.num_anchors_per_location(), grid, boxes)
 
 
 def grid_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
@@ -87,9 +78,7 @@ def grid_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Seque
     """Every anchor of one image, exactly as torchvision's AnchorGenerator places them."""
     generator = AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in sizes),
                                 tuple(tuple(float(r) for r in lv) for lv in aspect_ratios))
-    images = ImageList(torch.zeros(1, 3, *image_hw), [tuple(image_hw)])
-    features = [torch.zeros(1, 1, h, w) for h, w in feature_hw]
-    return generator(images, features)[0]
+    return generate_priors(generator, PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw)))
 
 
 def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 50) -> np.ndarray:
@@ -116,6 +105,26 @@ def initial_anchors(boxes: torch.Tensor, num_levels: int, sizes_per_level: int,
     return sizes, tuple(tuple(round(float(r), 3) for r in ratios) for _ in range(num_levels))
 
 
+def coordinate_search(values: list[float], score: Callable[[list[float]], tuple[float, float]],
+                      max_rounds: int = 6) -> tuple[list[float], tuple[float, float]]:
+    """Scale each value in turn by SEARCH_FACTORS, keeping a change when the score (BPR first, mean best
+    IoU breaking ties) improves; rounds until nothing improves. Returns the values and their score."""
+    values = list(values)
+    best = score(values)
+    for _ in range(max_rounds):
+        improved = False
+        for i in range(len(values)):
+            for factor in SEARCH_FACTORS:
+                trial = list(values)
+                trial[i] = values[i] * factor
+                result = score(trial)
+                if result > best:
+                    best, values, improved = result, trial, True
+        if not improved:
+            break
+    return values, best
+
+
 def fit_anchors(boxes: torch.Tensor, image_hw: tuple[int, int], feature_hw: Sequence[tuple[int, int]],
                 sizes_per_level: int = 2, num_ratios: int = 3, iou_threshold: float = 0.5, max_rounds: int = 6,
                 baseline: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]] | None = None) -> AnchorFit:
@@ -130,23 +139,15 @@ def fit_anchors(boxes: torch.Tensor, image_hw: tuple[int, int], feature_hw: Sequ
     flat_sizes = [s for lv in sizes for s in lv]
     flat_ratios = list(ratios[0])
 
-    def score(fs: list[float], fr: list[float]) -> tuple[float, float]:
+    split = len(flat_sizes)
+
+    def score(values: list[float]) -> tuple[float, float]:
+        fs, fr = values[:split], values[split:]
         per_level = [fs[i * sizes_per_level:(i + 1) * sizes_per_level] for i in range(levels)]
         return anchor_quality(per_level, [fr] * levels, feature_hw, image_hw, boxes, iou_threshold)
 
-    best = score(flat_sizes, flat_ratios)
-    for _ in range(max_rounds):
-        improved = False
-        for values in (flat_sizes, flat_ratios):
-            for i in range(len(values)):
-                for factor in SEARCH_FACTORS:
-                    trial = list(values)
-                    trial[i] = values[i] * factor
-                    result = score(trial, flat_ratios) if values is flat_sizes else score(flat_sizes, trial)
-                    if result > best:  # BPR first, mean best IoU breaks ties
-                        best, values[i], improved = result, trial[i], True
-        if not improved:
-            break
+    values, _ = coordinate_search(flat_sizes + flat_ratios, score, max_rounds)
+    flat_sizes, flat_ratios = values[:split], values[split:]
     flat_sizes.sort()
     fitted_sizes = tuple(tuple(round(s, 2) for s in flat_sizes[i * sizes_per_level:(i + 1) * sizes_per_level])
                          for i in range(levels))
@@ -168,3 +169,386 @@ def boxes_in_input_frame(records: Sequence, image_size: int) -> torch.Tensor:
             scale = image_size / max(r.width, r.height)
             out.append(torch.tensor(r.boxes, dtype=torch.float32) * scale)
     return torch.cat(out) if out else torch.zeros(0, 4)
+
+
+# ----- priors of any model: measured, judged and refitted -------------------------------------------------------
+#
+# A "prior generator" is torchvision's AnchorGenerator (RetinaNet, Faster R-CNN's RPN, the two-stage model) or
+# DefaultBoxGenerator (SSD, SSDLite, the early-exit SSDLite's exits). Both return, per feature level, every grid
+# position (row-major) times the same shapes (position-major, shape-minor): `grid_best_iou` relies on that order
+# to try, for each shape, only the grid position nearest to a box's centre — the best one for axis-aligned boxes
+# of fixed size — and reads that prior from the generator's own output, so the result is exact.
+
+PRIOR_TYPES = (AnchorGenerator, DefaultBoxGenerator)
+REFIT_BELOW = 0.98  # YOLOv5 / Ultralytics autoanchor: refit when fewer than 98 % of the boxes are reachable
+IOU_THRESHOLD = 0.5  # SSD's and RetinaNet's positive threshold; the doctor's anchors.coverage uses it too
+SEARCH_BOXES = 1000  # boxes the prior search scores candidates on (the result is judged on all of them)
+
+
+@dataclass(frozen=True)
+class PriorGrid:
+    """Where one prior generator tiles the model input: the (padded) input size and each level's feature size."""
+
+    image_hw: tuple[int, int]
+    feature_hw: tuple[tuple[int, int], ...]
+
+
+def max_iou(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each box ([N, 4] xyxy), the highest IoU any prior ([M, 4] xyxy, same frame) reaches; brute force, in chunks."""
+    boxes, priors = boxes_xyxy.float().reshape(-1, 4), priors_xyxy.float().reshape(-1, 4)
+    if boxes.shape[0] == 0 or priors.shape[0] == 0:
+        return torch.zeros(boxes.shape[0])
+    return torch.cat([box_iou(boxes[i:i + chunk], priors).max(dim=1).values for i in range(0, boxes.shape[0], chunk)])
+
+
+def best_possible_recall(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, iou: float = IOU_THRESHOLD) -> float:
+    """Best possible recall: the share of boxes that some prior overlaps at IoU >= `iou` (both [.., 4] xyxy in the
+    frame the priors live in, the model's input). NaN without boxes. Works on any set of priors."""
+    if boxes_xyxy.numel() == 0:
+        return float("nan")
+    return float((max_iou(priors_xyxy, boxes_xyxy) >= iou).float().mean())
+
+
+def positives_per_box(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, iou: float = IOU_THRESHOLD,
+                      chunk: int = 1024) -> float:
+    """Mean number of priors a box overlaps at IoU >= `iou`: the positives an IoU matcher can give it. Smaller
+    priors can raise the BPR while lowering this (each box then trains fewer predictions)."""
+    boxes, priors = boxes_xyxy.float().reshape(-1, 4), priors_xyxy.float().reshape(-1, 4)
+    if boxes.shape[0] == 0:
+        return float("nan")
+    counts = [(box_iou(boxes[i:i + chunk], priors) >= iou).sum(dim=1) for i in range(0, boxes.shape[0], chunk)]
+    return float(torch.cat(counts).float().mean())
+
+
+def generate_priors(generator: nn.Module, grid: PriorGrid) -> torch.Tensor:
+    """Every prior of one image ([M, 4] xyxy), from the generator itself (it reads only the sizes of its inputs)."""
+    images = ImageList(torch.empty(1, 0, *grid.image_hw), [tuple(grid.image_hw)])
+    return generator(images, [torch.empty(1, 0, h, w) for h, w in grid.feature_hw])[0]
+
+
+def grid_best_iou(priors: torch.Tensor, per_location: Sequence[int], grid: PriorGrid, boxes: torch.Tensor) -> torch.Tensor:
+    """For each box ([N, 4] xyxy), the highest IoU any of `priors` (a generator's output on `grid`, `per_location`
+    shapes per position on each level) reaches: O(boxes x shapes), equal to `max_iou` on the same priors."""
+    boxes = boxes.float().reshape(-1, 4)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(dim=1)
+    best = torch.zeros(boxes.shape[0])
+    start = 0
+    for (h, w), a in zip(grid.feature_hw, per_location):
+        block = priors[start:start + h * w * a].float().reshape(h, w, a, 4)
+        start += h * w * a
+        step = torch.tensor([float(block[0, 1, 0, 0] - block[0, 0, 0, 0]) if w > 1 else 1.0,
+                             float(block[1, 0, 0, 1] - block[0, 0, 0, 1]) if h > 1 else 1.0]).clamp(min=1e-6)
+        limit = torch.tensor([w - 1, h - 1], dtype=torch.float32)
+        offset = (block[0, 0, :, :2] + block[0, 0, :, 2:]) / 2  # [a, 2]: each shape's centre in the first cell
+        cell = torch.minimum(torch.round((centre[:, None] - offset) / step).clamp(min=0), limit).long()  # [N, a, 2]
+        prior = block[cell[..., 1], cell[..., 0], torch.arange(a)]  # [N, a, 4]: each shape at its nearest position
+        inter = (torch.minimum(boxes[:, None, 2:], prior[..., 2:])
+                 - torch.maximum(boxes[:, None, :2], prior[..., :2])).clamp(min=0).prod(dim=-1)
+        union = area[:, None] + (prior[..., 2:] - prior[..., :2]).prod(dim=-1) - inter
+        best = torch.maximum(best, (inter / union.clamp(min=1e-9)).max(dim=1).values)
+    if start != priors.shape[0]:
+        raise ValueError(f"{priors.shape[0]} priors, but the grid {grid.feature_hw} with {list(per_location)} per "
+                         f"position makes {start}: not a torchvision-ordered prior generator")
+    return best
+
+
+def prior_params(generator: nn.Module) -> dict[str, Any]:
+    """The arguments that rebuild a prior generator (JSON-ready)."""
+    if isinstance(generator, DefaultBoxGenerator):
+        return {"kind": "default_boxes", "scales": [round(float(s), 5) for s in generator.scales],
+                "aspect_ratios": [[round(float(r), 4) for r in lv] for lv in generator.aspect_ratios],
+                "steps": generator.steps, "clip": bool(generator.clip)}
+    if isinstance(generator, AnchorGenerator):
+        return {"kind": "anchors", "sizes": [[round(float(s), 3) for s in lv] for lv in generator.sizes],
+                "aspect_ratios": [[round(float(r), 4) for r in lv] for lv in generator.aspect_ratios]}
+    raise TypeError(f"not a prior generator: {type(generator).__name__}")
+
+
+def make_generator(params: dict[str, Any]) -> nn.Module:
+    """The prior generator `prior_params` describes."""
+    if params["kind"] == "default_boxes":
+        return DefaultBoxGenerator([list(lv) for lv in params["aspect_ratios"]], scales=list(params["scales"]),
+                                   steps=params.get("steps"), clip=params.get("clip", True))
+    if params["kind"] == "anchors":
+        return AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in params["sizes"]),
+                               tuple(tuple(float(r) for r in lv) for lv in params["aspect_ratios"]))
+    raise ValueError(f"unknown prior kind {params['kind']!r}")
+
+
+def prior_quality(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor,
+                  iou: float = IOU_THRESHOLD) -> tuple[float, float]:
+    """(BPR, mean best IoU) of the generator `params` describes, on its grid, over `boxes` (model input frame)."""
+    if boxes.numel() == 0:
+        return float("nan"), float("nan")
+    generator = make_generator(params)
+    best = grid_best_iou(generate_priors(generator, grid), generator.num_anchors_per_location(), grid, boxes)
+    return float((best >= iou).float().mean()), float(best.mean())
+
+
+def _relative_sides(boxes: torch.Tensor, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """sqrt(w*h) and |log(w/h)| of the boxes, with w and h as fractions of the input's width and height."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3).double().numpy() / np.array([image_hw[1], image_hw[0]])
+    return np.sqrt(wh[:, 0] * wh[:, 1]), np.abs(np.log(wh[:, 0] / wh[:, 1]))
+
+
+def _default_boxes_from_data(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor) -> list[dict[str, Any]]:
+    """Two DefaultBoxGenerator starts from the data, with each level's ratios by 1-D k-means on |log(w/h)| (as
+    many as it had): scales at evenly spaced quantiles of the relative box side, and scales by stride — level k
+    takes the median of the boxes at least twice its stride and under twice the next level's (a box much
+    smaller than twice the stride falls between the priors' centres), levels with no such box keep their scale."""
+    side, log_ratio = _relative_sides(boxes, grid.image_hw)
+    n = len(params["scales"])
+    ratios = [[round(float(np.exp(c)), 4) for c in _kmeans_1d(log_ratio, len(lv))] if lv else []
+              for lv in params["aspect_ratios"]]
+    by_quantile = [round(float(v), 5) for v in np.quantile(side, (np.arange(n) + 0.5) / n)]
+    strides = [2 * max(grid.image_hw[0] / h, grid.image_hw[1] / w) / max(grid.image_hw) for h, w in grid.feature_hw]
+    bounds = [0.0, *strides[1:], np.inf]
+    by_stride = list(params["scales"])
+    for k in range(len(strides)):
+        owned = side[(side >= bounds[k]) & (side < bounds[k + 1])]
+        if owned.size:
+            by_stride[k] = round(float(np.median(owned)), 5)
+    return [{**params, "scales": by_quantile, "aspect_ratios": ratios},
+            {**params, "scales": by_stride, "aspect_ratios": ratios}]
+
+
+def _fit_default_boxes(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor, iou: float) -> dict[str, Any]:
+    """Scales and per-level ratios searched on the real grid from the current and the data starts (the best result
+    wins: the search is greedy, each start ends in its own optimum); as many ratios per level as before, so the
+    head's outputs per position stay valid."""
+    counts = [len(lv) for lv in params["aspect_ratios"]]
+    n = len(params["scales"])
+
+    def unflatten(values: list[float]) -> dict[str, Any]:
+        ratios, at = [], n
+        for c in counts:
+            ratios.append([round(max(v, 1.0), 4) for v in values[at:at + c]])
+            at += c
+        return {**params, "scales": [round(v, 5) for v in values[:n]], "aspect_ratios": ratios}
+
+    results = []
+    for start in (params, *_default_boxes_from_data(params, grid, boxes)):
+        flat = list(start["scales"]) + [r for lv in start["aspect_ratios"] for r in lv]
+        values, score = coordinate_search(flat, lambda v: prior_quality(unflatten(v), grid, boxes, iou))
+        results.append((score, unflatten(values)))
+    return max(results, key=lambda r: r[0])[1]
+
+
+def _fit_anchor_generator(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor,
+                          iou: float) -> dict[str, Any] | None:
+    """AnchorGenerator sizes and ratios by `fit_anchors`, keeping the number of sizes and ratios per level
+    (None when the levels differ in them: fit_anchors shares the ratios across levels)."""
+    sizes, ratios = params["sizes"], params["aspect_ratios"]
+    if len({len(lv) for lv in sizes}) != 1 or len({len(lv) for lv in ratios}) != 1:
+        return None
+    fit = fit_anchors(boxes, grid.image_hw, grid.feature_hw, sizes_per_level=len(sizes[0]),
+                      num_ratios=len(ratios[0]), iou_threshold=iou)
+    return {**params, "sizes": [list(lv) for lv in fit.sizes], "aspect_ratios": [list(lv) for lv in fit.aspect_ratios]}
+
+
+def search_sample(boxes: torch.Tensor, most: int = SEARCH_BOXES) -> torch.Tensor:
+    """At most `most` boxes, evenly spaced through the list (deterministic): the search scores thousands of
+    candidates, and a BPR over 1000 boxes is within about a point of the whole set's."""
+    if boxes.shape[0] <= most:
+        return boxes
+    return boxes[torch.linspace(0, boxes.shape[0] - 1, most).round().long()]
+
+
+def fit_prior_params(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor,
+                     iou: float = IOU_THRESHOLD) -> dict[str, Any] | None:
+    """Refitted arguments for one generator (same number of priors per position), or None when it cannot be
+    fitted; searched on `search_sample(boxes)`."""
+    boxes = search_sample(boxes)
+    if params["kind"] == "default_boxes":
+        return _fit_default_boxes(params, grid, boxes, iou)
+    return _fit_anchor_generator(params, grid, boxes, iou)
+
+
+def find_prior_generators(model: nn.Module) -> list[tuple[list[str], nn.Module]]:
+    """Every prior generator of a model with all the names it is reachable by. FCOS's AnchorGenerator places
+    points (its sizes set the centre-sampling radius and box normalisation), not priors to match: left out."""
+    if isinstance(model, FCOS):
+        return []
+    found: dict[int, tuple[list[str], nn.Module]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) in PRIOR_TYPES:  # subclasses may place priors their own way
+            found.setdefault(id(module), ([], module))[0].append(name)
+    return list(found.values())
+
+
+@torch.no_grad()
+def measure_prior_grids(model: nn.Module, image_size: int) -> dict[str, PriorGrid]:
+    """The grid each prior generator is called on in one training forward of two `image_size` square images (a
+    single box each): {first name: PriorGrid}. Generators a training step never calls are absent. Buffers (BatchNorm
+    statistics) and the random state are restored, so the model and the run are as they were."""
+    generators = find_prior_generators(model)
+    if not generators:
+        return {}
+    grids: dict[str, PriorGrid] = {}
+
+    def capture(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            images, features = args[0], args[1]
+            grids.setdefault(name, PriorGrid(tuple(int(v) for v in images.tensors.shape[-2:]),
+                                             tuple((int(f.shape[-2]), int(f.shape[-1])) for f in features)))
+        return hook
+
+    handles = [module.register_forward_pre_hook(capture(names[0])) for names, module in generators]
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    device = next(model.parameters()).device
+    s = float(image_size)
+    target = {"boxes": torch.tensor([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]], device=device),
+              "labels": torch.ones(1, dtype=torch.int64, device=device)}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model.train()
+            # two images: BatchNorm in training mode needs more than one value per channel on 1x1 maps
+            model([torch.zeros(3, image_size, image_size, device=device)] * 2, [target, target])
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        model.train(was_training)
+    return grids
+
+
+def frame_scale(model: nn.Module, height: int, width: int) -> tuple[float, float]:
+    """(x, y) factors the model's own transform (GeneralizedRCNNTransform: fixed size, or min/max size) resizes an
+    image of this size by; (1, 1) for a model without one."""
+    transform = getattr(model, "transform", None)
+    if not isinstance(transform, GeneralizedRCNNTransform):
+        return 1.0, 1.0
+    was_training = transform.training
+    transform.eval()  # deterministic size (the last of min_size), as at evaluation
+    try:
+        _, target = transform.resize(torch.zeros(3, height, width), {"boxes": torch.tensor([[0.0, 0.0, width, height]])})
+    finally:
+        transform.train(was_training)
+    corner = target["boxes"][0]
+    return float(corner[2]) / width, float(corner[3]) / height
+
+
+def boxes_in_model_frame(model: nn.Module, records: Sequence) -> torch.Tensor:
+    """Every non-crowd box of DetectionRecords ([N, 4] xyxy) in the model's input frame: resized as the model's own
+    transform resizes its image (one probe per distinct image size)."""
+    scales: dict[tuple[int, int], tuple[float, float]] = {}
+    out = []
+    for r in records:
+        crowd = list(r.iscrowd) + [0] * (len(r.boxes) - len(r.iscrowd))
+        boxes = [b for b, c in zip(r.boxes, crowd) if not c]
+        if not boxes:
+            continue
+        if (r.height, r.width) not in scales:
+            scales[(r.height, r.width)] = frame_scale(model, r.height, r.width)
+        sx, sy = scales[(r.height, r.width)]
+        out.append(torch.tensor(boxes, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy]))
+    return torch.cat(out) if out else torch.zeros(0, 4)
+
+
+def _replace_generator(model: nn.Module, names: Sequence[str], generator: nn.Module) -> None:
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, generator)
+
+
+def _judge(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor, iou: float) -> dict[str, float]:
+    bpr, mean_iou = prior_quality(params, grid, boxes, iou)
+    return {"bpr": round(bpr, 4), "mean_best_iou": round(mean_iou, 4),
+            "positives_per_box": round(positives_per_box(generate_priors(make_generator(params), grid), boxes, iou), 2)}
+
+
+def fit_model_priors(model: nn.Module, records: Sequence, image_size: int, *, refit: bool = True,
+                     refit_below: float = REFIT_BELOW, iou: float = IOU_THRESHOLD) -> dict[str, Any] | None:
+    """Measure the best possible recall of every prior generator of `model` on the boxes of `records` (in the
+    model's input frame, on the grid a training step uses) and, with `refit`, replace the generators below
+    `refit_below` by refitted ones with as many priors per position (the heads stay valid) when that raises
+    their BPR. Deterministic. Returns what priors.json records (None: the model has no priors)."""
+    generators = find_prior_generators(model)
+    if not generators:
+        return None
+    boxes = boxes_in_model_frame(model, records)
+    record: dict[str, Any] = {"iou_threshold": iou, "refit_below": refit_below, "auto_priors": refit,
+                              "num_boxes": int(boxes.shape[0]), "frame": "model input (after the model's own resize)",
+                              "generators": []}
+    if boxes.shape[0] == 0:
+        return {**record, "refit": False, "note": "no boxes in the training split: nothing to measure"}
+    grids = measure_prior_grids(model, image_size)
+    for names, generator in generators:
+        grid = grids.get(names[0])
+        if grid is None:
+            continue  # not called in a training step: its priors are not matched against boxes
+        params = prior_params(generator)
+        entry = {"module": names, "kind": params["kind"], "image_hw": list(grid.image_hw),
+                 "feature_hw": [list(hw) for hw in grid.feature_hw], "before": params,
+                 **{f"{k}_before": v for k, v in _judge(params, grid, boxes, iou).items()}}
+        after, judged = params, {k: entry[f"{k}_before"] for k in ("bpr", "mean_best_iou", "positives_per_box")}
+        if refit and entry["bpr_before"] < refit_below:
+            fitted = fit_prior_params(params, grid, boxes, iou)
+            if fitted is not None:
+                trial = _judge(fitted, grid, boxes, iou)
+                if (trial["bpr"], trial["mean_best_iou"]) > (judged["bpr"], judged["mean_best_iou"]):
+                    after, judged = fitted, trial
+        entry.update({"refit": after is not params, "after": after, **{f"{k}_after": v for k, v in judged.items()}})
+        record["generators"].append(entry)
+    for entry in record["generators"]:  # only once every generator is judged: a failure leaves the model as built
+        if entry["refit"]:
+            _replace_generator(model, entry["module"], make_generator(entry["after"]))
+    used = record["generators"]
+    if not used:
+        return {**record, "refit": False, "note": "no prior generator is called in a training step"}
+    record.update(bpr_before=min(g["bpr_before"] for g in used), bpr_after=min(g["bpr_after"] for g in used),
+                  refit=any(g["refit"] for g in used))
+    record["note"] = _note(record, refit, refit_below) + _grid_limit(record, boxes, [grids[g["module"][0]] for g in used])
+    return record
+
+
+def _note(record: dict[str, Any], refit: bool, refit_below: float) -> str:
+    before, after = record["bpr_before"], record["bpr_after"]
+    if not refit:
+        return f"model.auto_priors=false: priors kept (best possible recall {before:.1%})"
+    if before >= refit_below:
+        return f"priors kept: best possible recall {before:.1%} >= {refit_below:.0%}"
+    if record["refit"]:
+        return f"priors refitted: best possible recall {before:.1%} -> {after:.1%}"
+    return f"priors kept: no refit raised the best possible recall ({before:.1%}) on this grid"
+
+
+def _grid_limit(record: dict[str, Any], boxes: torch.Tensor, grids: Sequence[PriorGrid], good: float = 0.9) -> str:
+    """When the BPR stays low, how much of it the grid itself forbids: a box under 1.5x the finest stride mostly
+    falls between prior centres (IoU < 0.5 whatever the prior's shape at an offset of half a stride)."""
+    if record["bpr_after"] >= good:
+        return ""
+    stride = min(max(g.image_hw[0] / h, g.image_hw[1] / w) for g in grids for h, w in g.feature_hw)
+    side = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1).sqrt()
+    share = float((side < 1.5 * stride).float().mean())
+    if share < 0.05:
+        return ""
+    return (f"; {share:.0%} of the boxes are under 1.5x the finest prior stride ({stride:.0f} px in the input), "
+            "where no prior reaches most of them at this IoU: raise model.image_size or use a model with a finer "
+            "level (SSDLite: model.kwargs.finest_stride=8)")
+
+
+def apply_priors(model: nn.Module, record: dict[str, Any]) -> int:
+    """Rebuild the refitted generators a priors.json record names on a freshly built model of the same config;
+    returns how many were replaced. A record that does not fit the model raises ValueError."""
+    found = {names[0]: module for names, module in find_prior_generators(model)}
+    by_any_name = {name: names for names, _ in find_prior_generators(model) for name in names}
+    replaced = 0
+    for entry in record.get("generators", []):
+        if not entry.get("refit"):
+            continue
+        name = entry["module"][0]
+        if name not in by_any_name:
+            raise ValueError(f"priors.json names a prior generator {name!r} this model does not have")
+        current = found[by_any_name[name][0]]
+        new = make_generator(entry["after"])
+        if prior_params(current)["kind"] != entry["after"]["kind"] or \
+                new.num_anchors_per_location() != current.num_anchors_per_location():
+            raise ValueError(f"priors.json: the priors recorded for {name!r} do not fit this model "
+                             f"({new.num_anchors_per_location()} vs {current.num_anchors_per_location()} per position)")
+        _replace_generator(model, by_any_name[name], new)
+        replaced += 1
+    return replaced

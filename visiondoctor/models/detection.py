@@ -4,13 +4,24 @@ Every builder takes the same keywords: `num_classes` (background included, label
 `image_size`, `pretrained` (COCO detector weights), `pretrained_backbone` (ImageNet
 weights), plus model-specific extras. The models keep torchvision's contract: train mode
 returns a dict of named losses, eval mode a list of {boxes, scores, labels}.
+
+A builder asked for weights it cannot load raises WeightsUnavailable (`missing`: no such weights
+exist for the architecture; otherwise they exist but could not be read, e.g. offline). What a run
+asks for is "the best weights that exist": `resolve_weights` tries the whole model's, then the
+backbone's, then none, and says in one log line what it fell back to; `load_weights_file` loads a
+local file, tensors only, checked against the model's names and shapes.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from collections import OrderedDict
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models import detection as tvd
@@ -22,16 +33,25 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from visiondoctor.models.registry import register
 
+log = logging.getLogger(__name__)
+
 SSDLITE_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDLite batch norm
 
 
 class WeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for but could not be loaded (offline, or no such weights)."""
+    """Pretrained weights were asked for but could not be loaded: `missing` when none exist for the
+    architecture, otherwise they exist but could not be read (offline, no cached file); `reason` in short."""
+
+    def __init__(self, message: str, *, missing: bool = False, reason: str = "") -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.reason = reason or message
 
 
 def no_detector_weights(name: str) -> WeightsUnavailable:
     return WeightsUnavailable(f"{name}: no COCO-pretrained detector weights exist for this architecture; "
-                              "use model.pretrained=false (and model.pretrained_backbone=true for ImageNet weights)")
+                              "use model.pretrained=false (and model.pretrained_backbone=true for ImageNet weights)",
+                              missing=True, reason=f"no pretrained weights exist for {name}")
 
 
 def offline_hint(what: str, exc: Exception) -> WeightsUnavailable:
@@ -39,7 +59,8 @@ def offline_hint(what: str, exc: Exception) -> WeightsUnavailable:
         f"{what}: pretrained weights could not be loaded ({exc.__class__.__name__}: {exc}). "
         "Without internet access, put the weights file in the torch hub cache "
         "($TORCH_HOME/hub/checkpoints) or train from scratch with model.pretrained=false "
-        "model.pretrained_backbone=false."
+        "model.pretrained_backbone=false.",
+        reason=f"download failed ({exc.__class__.__name__}: {exc})",
     )
 
 
@@ -54,6 +75,8 @@ def build_with_weights(fn: Callable[..., nn.Module], what: str, weights_enum: An
         if backbone_weights is None:
             raise
         raise offline_hint(what, exc) from exc
+    if backbone_weights is not None:
+        model.weights_source = f"torchvision {backbone_weights} (backbone)"
     if pretrained:
         try:
             state = weights_enum.DEFAULT.get_state_dict(progress=False, check_hash=True)
@@ -63,7 +86,86 @@ def build_with_weights(fn: Callable[..., nn.Module], what: str, weights_enum: An
         matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(matching, strict=False)
         model.pretrained_skipped = sorted(set(own) - set(matching))  # recorded for the run log
+        model.weights_source = f"torchvision {weights_enum.DEFAULT}"
     return model
+
+
+def resolve_weights(build: Callable[[bool, bool], nn.Module], what: str, pretrained: bool,
+                    pretrained_backbone: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """`build(pretrained, pretrained_backbone)` with the best weights that can be had: the whole model's (when
+    `pretrained`), else the backbone's (when `pretrained_backbone`), else none. A fallback is said in ONE log
+    line. Failed attempts leave the random state as it was (a fallback to no weights builds the same model as
+    asking for none) and print nothing (torch.hub's download message is swallowed). Returns the model and what
+    weights.json records."""
+    requested = {"pretrained": pretrained, "pretrained_backbone": pretrained_backbone}
+    attempts = [(p, b) for p, b in ((pretrained, pretrained_backbone), (False, pretrained_backbone)) if p or b]
+    reasons: list[str] = []
+    for p, b in dict.fromkeys(attempts):
+        try:
+            with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
+                model = build(p, b)
+        except WeightsUnavailable as exc:
+            reasons.append(f"{'whole-model' if p else 'backbone'} weights: {exc.reason}")
+            continue
+        used = "pretrained" if p else "pretrained_backbone"
+        source = next((m.weights_source for m in model.modules() if hasattr(m, "weights_source")),
+                      f"{what}'s own {'weights' if p else 'backbone weights'}")
+        if reasons:
+            log.info("%s: %s; using %s", what, "; ".join(reasons), source)
+        return model, {"used": used, "source": source, "requested": requested, "fallback": reasons,
+                       "not_loaded": list(getattr(model, "pretrained_skipped", []))}
+    model = build(False, False)
+    if reasons:
+        log.warning("%s: no pretrained weights could be loaded (%s): training from scratch. Offline, put the "
+                    "weights file in $TORCH_HOME/hub/checkpoints or set model.pretrained=false "
+                    "model.pretrained_backbone=false", what, "; ".join(reasons))
+    why = "; ".join(reasons) if reasons else "none asked for (model.pretrained=false, model.pretrained_backbone=false)"
+    return model, {"used": "none", "source": f"random initialisation ({why})", "requested": requested,
+                   "fallback": reasons, "not_loaded": []}
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a local weights file into `model`, tensors only (weights_only=True; a .safetensors file through
+    safetensors). A plain state dict or a visiondoctor checkpoint ({"model": state dict}); every tensor in it must
+    name a tensor of the model of the same shape (else ValueError naming the file and the first mismatches).
+    Model tensors the file lacks keep their initialisation and are recorded. Returns what weights.json records."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights: {path}: no such file")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and own[k].shape != v.shape]
+    if unknown or wrong:
+        raise ValueError(
+            f"model.weights: {path} does not fit this model: {len(unknown)} tensor(s) the model does not have"
+            + (f" (e.g. {', '.join(unknown[:3])})" if unknown else "") + f", {len(wrong)} of another shape"
+            + (f" (e.g. {', '.join(wrong[:3])})" if wrong else "")
+            + "; give weights saved from the same model.name, model.kwargs and number of classes")
+    model.load_state_dict(state, strict=False)
+    missing = [k for k in own if k not in state]
+    return {"used": "file", "source": str(path.resolve()), "requested": {"weights": str(path)}, "fallback": [],
+            "tensors_loaded": len(state), "not_loaded": missing}
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # deferred: safetensors is an optional extra
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as exc:
+        raise ValueError(f"model.weights: {path}: reading .safetensors needs the safetensors package ({exc})") from exc
+    except Exception as exc:  # torch raises several types for archives that are corrupt or hold pickled objects
+        raise ValueError(f"model.weights: {path}: cannot be read as tensors ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a visiondoctor checkpoint
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"model.weights: {path}: expected a state dict (tensor name -> tensor) or a visiondoctor "
+                         "checkpoint holding one")
+    return state
 
 
 def _fixed_size_transform(model: nn.Module, image_size: int) -> None:

@@ -141,8 +141,11 @@ def deeplabv3plus(num_classes: int, backbone: str = "resnet50", aux_loss: bool =
     torchvision, so `pretrained` means the ImageNet backbone. `decoder_channels` (ASPP and decoder
     width; 256 in the paper) trades accuracy for speed."""
     getter, low_ch, high_ch, aux_ch, rates = _backbone(backbone, pretrained or pretrained_backbone, aux_loss)
-    return DeepLabV3Plus(getter, low_ch, high_ch, num_classes, aux_ch, rates, decoder_channels,
-                         low_projection=min(48, decoder_channels))
+    model = DeepLabV3Plus(getter, low_ch, high_ch, num_classes, aux_ch, rates, decoder_channels,
+                          low_projection=min(48, decoder_channels))
+    if pretrained or pretrained_backbone:
+        model.weights_source = f"torchvision {tvm.get_model_weights(backbone).DEFAULT} (backbone)"
+    return model
 
 
 def _plus(backbone: str, suffix: str = "", decoder_channels: int = 256) -> Callable[..., nn.Module]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v3_small, resnet18
+from torchvision.models import MobileNet_V3_Small_Weights, ResNet18_Weights, mobilenet_v3_small, resnet18
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
@@ -33,6 +33,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
+from visiondoctor.models.detection import no_detector_weights, offline_hint
 from visiondoctor.models.registry import register
 
 BACKBONE_STAGES = ("stem", "layer1", "layer2", "layer3")  # in input order, by stride: 2, 4, 8, 16
@@ -44,6 +45,7 @@ _TRUNKS = {
                                       "layer3": ("4", "5", "6", "7", "8")},
                            "outputs": {"layer1": ("1", 16), "layer2": ("3", 24), "layer3": ("8", 48)}},
 }
+_TRUNK_WEIGHTS = {"resnet18": ResNet18_Weights, "mobilenet_v3_small": MobileNet_V3_Small_Weights}  # ImageNet
 # torchvision's Faster R-CNN defaults are tuned for 800-px images; counts scale with the image side.
 _REFERENCE_SIDE = 800
 _REFERENCE_COUNTS = {"rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
@@ -62,25 +64,33 @@ def proposal_counts(image_size: int) -> dict[str, int]:
     return counts
 
 
-def _trunk(name: str) -> nn.Module:
-    if name == "resnet18":
-        return resnet18(weights=None)
-    if name == "mobilenet_v3_small":
+def _trunk(name: str, pretrained: bool = False) -> nn.Module:
+    """The torchvision trunk, with ImageNet weights when `pretrained` (WeightsUnavailable when they cannot be read)."""
+    if name not in _TRUNKS:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(_TRUNKS)}")
+    weights = _TRUNK_WEIGHTS[name].DEFAULT if pretrained else None
+    try:
+        if name == "resnet18":
+            return resnet18(weights=weights)
         # torchvision's MobileNetV3 BatchNorm momentum (0.01) is for long ImageNet schedules: over a few hundred
         # steps from scratch its running statistics stay far from the data and eval-mode outputs are garbage.
         norm = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
-        return mobilenet_v3_small(weights=None, norm_layer=norm).features
-    raise ValueError(f"unknown backbone {name!r}; available: {', '.join(_TRUNKS)}")
+        return mobilenet_v3_small(weights=weights, norm_layer=norm).features
+    except (OSError, RuntimeError) as exc:
+        if weights is None:
+            raise
+        raise offline_hint(f"two_stage_rcnn ({name} backbone)", exc) from exc
 
 
 class FPNBackbone(nn.Module):
-    """A torchvision trunk (weights=None, BatchNorm) cut after the last returned stage, with an FPN
+    """A torchvision trunk (BatchNorm) cut after the last returned stage, with an FPN
     over the returned stages. Returns an OrderedDict of maps "0", "1", ... (finest first) with
     `out_channels` channels. Trunks: resnet18 (stride 8/16 maps from layer2/layer3) or
-    mobilenet_v3_small's features (about 20x fewer multiply-adds, for CPU budgets)."""
+    mobilenet_v3_small's features (about 20x fewer multiply-adds, for CPU budgets); ImageNet weights
+    with `pretrained`."""
 
     def __init__(self, trunk: str = "resnet18", returned_layers: Sequence[str] = ("layer2", "layer3"),
-                 out_channels: int = 96) -> None:
+                 out_channels: int = 96, pretrained: bool = False) -> None:
         super().__init__()
         spec = _TRUNKS.get(trunk)
         if spec is None:
@@ -91,7 +101,7 @@ class FPNBackbone(nn.Module):
         self.trunk_name = trunk
         self._stages = spec["stages"]
         outputs = [spec["outputs"][n] for n in returned_layers]
-        self.body = IntermediateLayerGetter(_trunk(trunk), return_layers={m: str(i) for i, (m, _) in enumerate(outputs)})
+        self.body = IntermediateLayerGetter(_trunk(trunk, pretrained), return_layers={m: str(i) for i, (m, _) in enumerate(outputs)})
         self.fpn = FeaturePyramidNetwork([c for _, c in outputs], out_channels)
         self.out_channels = out_channels
 
@@ -195,13 +205,13 @@ def two_stage_rcnn(
     anchor_sizes / aspect_ratios: per feature level (finest first), e.g. from
     `anchor_fit.fit_anchors`; by default sizes (2, 4) x the measured stride of each level and
     ratios (0.5, 1, 2). class_agnostic: one box per RoI (default) or torchvision's 4 x classes.
-    backbone: resnet18 or mobilenet_v3_small (trained from scratch); returned_layers: the
+    backbone: resnet18 or mobilenet_v3_small (ImageNet weights with `pretrained_backbone`; no COCO
+    weights exist for the whole model, so `pretrained` raises WeightsUnavailable); returned_layers: the
     stages the FPN reads (layer1/layer2/layer3 = stride 4/8/16, measured).
     `overrides` go to torchvision's FasterRCNN (e.g. rpn_post_nms_top_n_train)."""
-    if pretrained or pretrained_backbone:
-        raise ValueError("two_stage_rcnn trains from scratch (no pretrained weights are shipped or downloaded); "
-                         "set model.pretrained=false model.pretrained_backbone=false")
-    trunk = FPNBackbone(backbone, returned_layers, fpn_channels)
+    if pretrained:
+        raise no_detector_weights("two_stage_rcnn")
+    trunk = FPNBackbone(backbone, returned_layers, fpn_channels, pretrained=pretrained_backbone)
     names, feature_hw, strides = measure_features(trunk, image_size)
     if anchor_sizes is None:
         anchor_sizes = [(2 * s, 4 * s) for s in strides]
@@ -227,6 +237,8 @@ def two_stage_rcnn(
     model = TwoStageDetector(trunk, num_classes=None, min_size=image_size, max_size=image_size,
                              rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=box_head,
                              box_predictor=predictor, **settings)
+    if pretrained_backbone:
+        model.weights_source = f"torchvision {_TRUNK_WEIGHTS[backbone].DEFAULT} (backbone)"
     model.measured_strides = dict(zip(names, strides))
     model.feature_hw = dict(zip(names, feature_hw))
     model.class_agnostic = class_agnostic

@@ -9,7 +9,7 @@ from visiondoctor.report.curves import component_name, curve, gap, loss_columns,
 from visiondoctor.report.formatting import count, evidence_rows, plot_reference
 from visiondoctor.report.inputs import ReportInputError, cfg, confined, finite, read_config, read_history, read_json
 from visiondoctor.report.sections import Figure, Heading, Paragraph, Section, Table, register_section
-from visiondoctor.rundir import RunDir
+from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file
 
 # Headline metrics, in the order shown; a task's metrics.json may hold any of them.
 KEY_METRICS = {
@@ -40,6 +40,8 @@ def summary_section(run: RunDir) -> Section:
         ("evaluated split", metrics.get("split", cfg(config, "eval.split", "n/a"))),
         ("evaluated images", metrics.get("num_images")),
         ("epochs trained", int(max(epochs)) + (1 if min(epochs) == 0 else 0) if epochs else None),
+        ("weights", _weights_text(read_json(run, run.weights.name))),
+        ("priors: best possible recall", _priors_text(read_json(run, run.priors.name))),
     ]
     blocks.append(Table(["", "value"], [r for r in rows if r[1] is not None]))
 
@@ -48,11 +50,65 @@ def summary_section(run: RunDir) -> Section:
         blocks.append(Paragraph(warning, "warning"))
 
     key = [(label, metrics[k]) for k, label in KEY_METRICS.items() if finite(metrics.get(k)) is not None]
+    split = metrics.get("split", cfg(config, "eval.split", VAL_SPLIT))
     if key:
-        blocks.append(Table([label for label, _ in key], [[v for _, v in key]], caption="Key metrics"))
+        blocks.append(Table([label for label, _ in key], [[v for _, v in key]],
+                            caption=f"Key metrics on the {split} split (metrics.json)"))
     elif not metrics:
         blocks.append(Paragraph("No metrics.json: this run has not been evaluated (`visiondoctor eval RUN_DIR`).", "note"))
+    blocks += _evaluations(run, split)
     return Section("Summary", blocks)
+
+
+def _weights_text(record: Any) -> str | None:
+    """weights.json in a line: what the run started from and, for a fallback, why."""
+    if not isinstance(record, dict):
+        return None
+    kind = {"pretrained": "pretrained (whole model)", "pretrained_backbone": "pretrained backbone",
+            "file": "local file", "none": "none: trained from scratch"}.get(str(record.get("used")), str(record.get("used")))
+    return f"{kind} — {record.get('source', '')}"
+
+
+def _priors_text(record: Any) -> str | None:
+    """priors.json in a line: best possible recall before and after the fit, and what was done."""
+    if not isinstance(record, dict):
+        return None
+    before, after = finite(record.get("bpr_before")), finite(record.get("bpr_after"))
+    if before is None:
+        return str(record.get("note", "not measured"))
+    where = (f"IoU >= {record.get('iou_threshold', 0.5)}, {record.get('num_boxes', '?')} training boxes in the "
+             "model's input frame")
+    if record.get("refit") and after is not None:
+        return f"{before:.1%} before, {after:.1%} after the priors were refitted ({where})"
+    return f"{before:.1%} ({where}); {record.get('note', '')}"
+
+
+def _evaluations(run: RunDir, shown: Any) -> list[Any]:
+    """Which split each figure comes from: the sections below read the validation files (metrics.json, ...); a
+    table lists every split evaluated (metrics_<split>.json from `visiondoctor eval RUN --split <split>`)."""
+    rows = []
+    for path in sorted(run.path.glob("metrics*.json")):
+        split = VAL_SPLIT if path.name == "metrics.json" else path.stem.removeprefix("metrics_")
+        if path.name != split_file("metrics.json", split):
+            continue
+        try:
+            metrics = read_json(run, path.name)
+        except ReportInputError:
+            continue
+        if not isinstance(metrics, dict):
+            continue
+        subset = metrics.get("subset") if isinstance(metrics.get("subset"), dict) else {}
+        images = metrics.get("num_images", subset.get("evaluated_images"))
+        primary = next(((label, metrics[k]) for k, label in KEY_METRICS.items() if finite(metrics.get(k)) is not None),
+                       ("", None))
+        rows.append([split, images if images is not None else "", f"{primary[0]} {primary[1]:.4f}" if primary[0] else "",
+                     "subset" if subset else "whole split", path.name])
+    if len(rows) < 2:
+        return []
+    return [Table(["split", "images", "primary metric", "evaluated on", "file"], rows,
+                  caption=f"Every evaluated split. The sections below show the {shown} split (metrics.json, "
+                          "predictions.json, gt.json and the files beside them); another split's figures are in "
+                          "the files named after it.")]
 
 
 def _subset_warning(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:

@@ -68,7 +68,7 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, data: DetectionData, split: str, cfg: Config, device: torch.device,
                  run: RunDir | None = None) -> dict[str, Any]:
-        return evaluate_model(model, data.split(split), data.category_map, cfg, device, run)
+        return evaluate_model(model, data.split(split), data.category_map, cfg, device, run, split)
 
 
 @torch.no_grad()
@@ -100,9 +100,10 @@ def sample_image_ids(index: DetectionIndex, max_images: int, seed: int) -> set[i
 
 
 def evaluate_model(model: nn.Module, index: DetectionIndex, category_map: CategoryMap, cfg: Config,
-                   device: torch.device, run: RunDir | None = None) -> dict[str, Any]:
+                   device: torch.device, run: RunDir | None = None, split: str | None = None) -> dict[str, Any]:
     """COCO metrics on the split (whole split unless eval.max_images), plus the statistics the
-    report and the doctor need, written into `run` when given."""
+    report and the doctor need, written into `run` when given (metrics.json then names the `split`;
+    the pipeline's evaluate_run gives each split its own file names)."""
     ids = sample_image_ids(index, cfg.eval.max_images, cfg.train.seed)
     predictions = predict(model, index, category_map, device, cfg.train.batch_size, cfg.eval.score_threshold, ids)
     gt = {**to_coco_dict(index), "image_root": str(index.root)}
@@ -114,6 +115,8 @@ def evaluate_model(model: nn.Module, index: DetectionIndex, category_map: Catego
     if ids is not None:
         metrics["subset"] = {"evaluated_images": len(ids), "total_images": len(index.records)}
     if run is not None:
+        if split:
+            metrics["split"] = split
         run.write_json("predictions.json", predictions)
         run.write_json("gt.json", gt)
         run.write_json("metrics.json", metrics)

@@ -9,12 +9,22 @@ distributed runs (torchrun: rank 0 alone writes the run directory) and callbacks
 The task of a config comes from the model registry (`ModelEntry.task`), never from a model name:
 `task_for(cfg)`. Tasks register with `@register_task`; those of the tasks/ package are found by
 the registry, a feature package registers its own when it is imported.
+
+What a run starts from is recorded so any later command rebuilds the same model: `weights.json`
+(which weights were loaded: whole-model, backbone, a local file, or none and why) and, for
+detectors with anchors or default boxes, `priors.json` (their best possible recall on the training
+boxes before and after the fit, and the refitted generator arguments that `load_run_model` applies).
+A new run never writes into an older one's folder (`name-2`, ... unless resuming or `exist_ok`),
+and an evaluation of a split other than val writes its files under the split's names (rundir.split_file).
 """
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -38,10 +48,12 @@ from visiondoctor.engine.trainer import (
     resolve_device,
 )
 from visiondoctor.findings import Finding
+from visiondoctor.models.anchor_fit import apply_priors, fit_model_priors
+from visiondoctor.models.detection import load_weights_file, resolve_weights
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.registry import Registry
 from visiondoctor.report.html import build_report as build_report_html
-from visiondoctor.rundir import RunDir
+from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file, unused_run_dir
 from visiondoctor.tasks.diagnosis import RunDiagnosis
 
 log = logging.getLogger(__name__)
@@ -183,10 +195,69 @@ def write_train_result(run: RunDir, result: TrainResult, trainer: Trainer) -> No
                                          "callback_errors": trainer.state.extra.get("callback_errors", [])})
 
 
-def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Callback] = ()) -> RunDir:
-    """Train, evaluate on the validation split, diagnose, and write the report (rank 0 writes the run)."""
+def claim_run_name(cfg: Config, reuse: bool = False) -> Config:
+    """The config with the name of a folder no earlier run wrote (`name`, else `name-2`, `name-3`, ...); with
+    `reuse` (resume, exist_ok) the name as given. Rank 0 decides, every rank gets its answer."""
+    if reuse:
+        return cfg
+    path = unused_run_dir(cfg.run_path) if dist_utils.is_main() else None
+    path = dist_utils.broadcast_object(path)
+    if path != cfg.run_path:
+        log.info("%s exists: this run is written to %s (--exist-ok to reuse the folder, --resume to continue it)",
+                 cfg.run_path, path)
+    return replace(cfg, name=path.name)
+
+
+def with_weights_flags(cfg: Config, pretrained: bool, pretrained_backbone: bool) -> Config:
+    return replace(cfg, model=replace(cfg.model, pretrained=pretrained, pretrained_backbone=pretrained_backbone,
+                                      weights=""))
+
+
+def build_run_model(task: Task, cfg: Config, categories: dict[str, Any],
+                       run: RunDir | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The task's model with the weights the config asks for: a local file (model.weights), else the best
+    pretrained weights that can be had (falling back to none with one log line). Returns weights.json's record."""
+    if cfg.model.weights:
+        model = task.build_model(with_weights_flags(cfg, False, False), categories, run)
+        return model, load_weights_file(model, cfg.model.weights)
+    return resolve_weights(lambda p, b: task.build_model(with_weights_flags(cfg, p, b), categories, run),
+                           cfg.model.name, cfg.model.pretrained, cfg.model.pretrained_backbone)
+
+
+def prepare_priors(task: Task, model: nn.Module, data: TaskData, cfg: Config, run: RunDir,
+                   resume: bool = False) -> dict[str, Any] | None:
+    """The priors (anchors, default boxes) of a detector judged on the training boxes and refitted below the
+    threshold (model.auto_priors); a resumed run that has priors.json gets those. Rank 0 fits, the other ranks
+    apply its result. None when the model has no priors (or the task no boxes)."""
+    if resume and run.priors.exists():
+        record = run.read_json(run.priors.name)
+        apply_priors(model, record)
+        return record
+    if task.contract != "detection":
+        return None
+    record = None
+    if dist_utils.is_main():
+        try:
+            record = fit_model_priors(model, data.split("train").records, cfg.model.image_size,
+                                      refit=cfg.model.auto_priors)
+        except Exception as exc:  # a model the probe step cannot run keeps its priors; the run goes on
+            log.warning("priors not measured (%s: %s): kept as built", exc.__class__.__name__, exc)
+            record = {"refit": False, "note": f"not measured ({exc.__class__.__name__}: {exc}): priors kept as built"}
+        if record is not None and "bpr_before" in record:
+            log.info("%s (%d training boxes, IoU %.1f, in the model's %d px input)", record["note"],
+                     record["num_boxes"], record["iou_threshold"], cfg.model.image_size)
+    record = dist_utils.broadcast_object(record)
+    if record is not None and not dist_utils.is_main():
+        apply_priors(model, record)
+    return record
+
+
+def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Callback] = (),
+          exist_ok: bool = False) -> RunDir:
+    """Train, evaluate on the validation split, diagnose, and write the report (rank 0 writes the run).
+    A new run goes to a folder no earlier run used unless `resume` or `exist_ok`."""
     dist_utils.init()
-    cfg = task.prepare_config(cfg)
+    cfg = claim_run_name(task.prepare_config(cfg), reuse=resume or exist_ok)
     seed_everything(cfg.train.seed)
     main = dist_utils.is_main()
     run = RunDir.create(cfg.run_path) if main else RunDir(cfg.run_path)
@@ -197,7 +268,13 @@ def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Cal
         save_config(cfg, run.config)
         run.write_json("categories.json", categories)
         run.write_json("data_summary.json", data.summary())
-    model = task.build_model(cfg, categories, run)
+    model, weights = build_run_model(task, cfg, categories, run)
+    priors = prepare_priors(task, model, data, cfg, run, resume)
+    if main:
+        if not (resume and run.weights.exists()):  # a resumed run keeps the record of what it started from
+            run.write_json(run.weights.name, weights)
+        if priors is not None:
+            run.write_json(run.priors.name, priors)
     device = resolve_device(cfg.train.device)
     sets = task.datasets(cfg, data)
     doctor = RunDiagnosis(model, cfg, task.num_classes(categories), bool(categories.get("background")),
@@ -239,8 +316,9 @@ def load_run_model(run: RunDir, device: torch.device) -> tuple[nn.Module, Config
     """The run's best (else newest) weights in the model its config describes, in eval mode; with its
     config and its label space (categories.json as a CategoryMap)."""
     task, cfg, categories = run_task(run)
-    no_weights = replace(cfg, model=replace(cfg.model, pretrained=False, pretrained_backbone=False))
-    model = task.build_model(no_weights, categories, run)
+    model = task.build_model(with_weights_flags(cfg, False, False), categories, run)
+    if run.priors.exists():
+        apply_priors(model, run.read_json(run.priors.name))  # the priors the run was trained with
     found = load_latest(run.checkpoints / "best", map_location=device) or load_latest(run.checkpoints, device)
     if found is None:
         raise FileNotFoundError(f"{run.checkpoints}: no usable checkpoint")
@@ -252,7 +330,9 @@ def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0, d
                  device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run on a split (the whole split unless max_images), redo the run-file
     checks of its diagnosis for that split, and rebuild its report. `data_path`: evaluate on that
-    dataset's split instead of the run's own (it must have the run's classes, in the same order)."""
+    dataset's split instead of the run's own (it must have the run's classes, in the same order). The
+    validation split's files keep their names; another split's are written under its own
+    (metrics_test.json, diagnosis_test.json, ...), so the validation files are left as they were."""
     run = RunDir.open(run_dir)
     device = resolve_device(device)
     task, _, categories = run_task(run)
@@ -266,14 +346,47 @@ def evaluate_run(run_dir: str | Path, split: str = "val", max_images: int = 0, d
     if data_path is not None and any(found.get(k) != categories[k] for k in ("names", "num_classes") if k in categories):
         raise ValueError(f"{data_path}: its classes {found.get('names')} differ from the run's {categories.get('names')}; "
                          "a run is evaluated only on data with the same classes in the same order")
-    metrics = task.evaluate(model, data, split, cfg, device, run)
-    doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)),
-                          task.num_classes(categories), bool(categories.get("background")))
-    doctor.keep_training_findings(run)
-    doctor.after_evaluation(run, task.primary_metric)
-    task.after_evaluation(run, model, data, cfg, device, split)
+    with split_files(run, split) as target:
+        metrics = task.evaluate(model, data, split, cfg, device, target)
+        doctor = RunDiagnosis(model, replace(cfg, train=replace(cfg.train, monitors=False)),
+                              task.num_classes(categories), bool(categories.get("background")),
+                              int(categories.get("ignore_index", 255)))
+        doctor.keep_training_findings(run)
+        doctor.after_evaluation(target, task.primary_metric)
+        task.after_evaluation(target, model, data, cfg, device, split)
     build_report(run)
     return metrics
+
+
+@contextmanager
+def split_files(run: RunDir, split: str) -> Iterator[RunDir]:
+    """Where an evaluation of `split` writes: the run itself for the validation split; for any other, a scratch
+    copy of the run's top-level files (what the evaluation, the doctor and a task's analysis read), whose new or
+    rewritten files are then moved into the run under the split's names (rundir.split_file), subfolders kept.
+    Every writer thereby names its files by split without knowing about splits. (An evaluation writes the same
+    files whatever the split, so no reader in the scratch copy sees a validation file as the split's.)"""
+    if split == VAL_SPLIT:
+        yield run
+        return
+    with tempfile.TemporaryDirectory(dir=run.path, prefix=f".eval-{split}-") as tmp:
+        scratch = Path(tmp) / run.path.name  # named as the run: files that name their run (diagnosis.md) read right
+        scratch.mkdir()
+        originals = {}
+        for path in run.path.iterdir():
+            if path.is_file():
+                originals[Path(path.name)] = _signature(Path(shutil.copy2(path, scratch / path.name)))
+        yield RunDir(scratch)
+        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+            relative = path.relative_to(scratch)
+            if originals.get(relative) != _signature(path):
+                target = run.path / relative.parent / split_file(relative.name, split)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def build_report(run: RunDir) -> Path:

@@ -124,8 +124,10 @@ def check_generalization_gap(history: Sequence[Mapping[str, Any]], loss_key: str
     # "got worse" must hold for the recent evaluations together and exceed the curve's step-to-step noise
     values = [v for _, v in val]
     recent = sorted(values[-max(3, len(values) // 4):])[len(values[-max(3, len(values) // 4):]) // 2]
-    # noise of one evaluation, from second differences (a trend cancels out): median |d2| = 0.674 * sqrt(6) sigma
-    second = sorted(abs(a - 2 * b + c) for a, b, c in zip(values, values[1:], values[2:]))
+    # noise of one evaluation, from second differences (a trend cancels out): median |d2| = 0.674 * sqrt(6) sigma.
+    # The one centred on the minimum is left out: there the curve turns by hypothesis, which is not noise.
+    turn = values.index(best)
+    second = sorted(abs(values[i - 1] - 2 * values[i] + values[i + 1]) for i in range(1, len(values) - 1) if i != turn)
     noise = second[len(second) // 2] / 1.65 if second else 0.0
     evidence.update({"val_loss_recent_median": round(recent, 5), "val_loss_step_noise": round(noise, 5)})
     rose = (recent > best * (1 + VAL_RISE) and recent - best > NOISE_MULTIPLE * noise and best_epoch < last_epoch)

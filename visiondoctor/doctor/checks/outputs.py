@@ -8,6 +8,7 @@ for other models it falls back to the scores of the returned detections. These c
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -394,19 +395,24 @@ def check_regression_range(stats: OutputStats) -> list[Finding]:
 
 
 @check("run", order=75, findings=["output.background-collapse"])
-def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float = 0.5) -> list[Finding]:
-    """output.background-collapse (warning) from detection_stats.json: no image has a detection at the display
-    threshold while lower thresholds keep many — the score distribution never reaches it."""
+def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float = 0.5,
+                              history: Sequence[Mapping[str, Any]] | None = None) -> list[Finding]:
+    """output.background-collapse from detection_stats.json: no image has a detection at the display threshold
+    while lower thresholds keep many — the score distribution never reaches it. As the probe's verdict: a warning
+    once the run trained WARN_AFTER steps (history.csv), info before (scores may simply not have risen yet)."""
     per_image = detection_stats.get("per_image") or {}
     at = per_image.get(f"{threshold:g}")
     low = per_image.get(min(per_image, key=float)) if per_image else None
     if not at or not low or at.get("zero_share") != 1.0 or not low.get("mean"):
         return []
+    steps = max((int(row["step"]) for row in history or () if isinstance(row.get("step"), (int, float))), default=None)
+    early = steps is not None and steps < WARN_AFTER
     return [Finding(
-        id="output.background-collapse", severity="warning",
-        title=f"No image has a detection at score {threshold:g}, although {low['mean']:.0f} per image pass a lower threshold",
+        id="output.background-collapse", severity="info" if early else "warning",
+        title=f"No image has a detection at score {threshold:g}, although {low['mean']:.0f} per image pass a lower "
+              f"threshold" + (f" (after only {steps} steps)" if early else ""),
         evidence={"detections_per_image": per_image, "score_max": detection_stats.get("score_max"),
-                  "num_images": detection_stats.get("num_images")},
+                  "num_images": detection_stats.get("num_images"), "trained_steps": steps},
         cause="The classifier's scores stay below the threshold: too little training, or a classifier that did not learn "
               "where objects are (check assignment.low-iou-positives and the score histogram).",
         fix="If training was short, train longer; otherwise fix the assignment/loss balance rather than lowering the threshold.",

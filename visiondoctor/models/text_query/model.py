@@ -35,6 +35,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from visiondoctor.models.detection import no_detector_weights, offline_hint
 from visiondoctor.models.registry import register
 from visiondoctor.models.text_query.assign import location_centres
 from visiondoctor.models.text_query.encoder import EMBED_DIM, EmbeddingCache
@@ -71,13 +72,11 @@ class ResNetTrunk(nn.Module):
         super().__init__()
         weights = None
         if pretrained_backbone:
-
             weights = ResNet18_Weights.DEFAULT
         try:
             trunk = resnet18(weights=weights)
-        except (OSError, RuntimeError) as exc:
-            raise RuntimeError(f"{MODEL_NAME}: ImageNet weights for resnet18 could not be loaded ({exc}); "
-                               "train from scratch with model.pretrained_backbone=false") from exc
+        except (OSError, RuntimeError) as exc:  # offline, or a broken cached file
+            raise offline_hint(f"{MODEL_NAME} (resnet18 backbone)", exc) from exc
         self.body = create_feature_extractor(trunk, {"layer2": "c3", "layer3": "c4"})
         self.lateral3 = nn.Conv2d(128, channels, 1)
         self.lateral4 = nn.Conv2d(256, channels, 1)
@@ -226,8 +225,8 @@ def text_query_dense(num_classes: int, class_names: Sequence[str] | None = None,
     embedded with `encoder` (auto | minilm | hashed), cached in `embedding_cache` when given;
     without names the class embeddings are zeros until a checkpoint is loaded.
     `image_size` is unused (the model is fully convolutional and never resizes)."""
-    if pretrained:
-        raise ValueError(f"{MODEL_NAME}: there are no pretrained detector weights; use model.pretrained=false")
+    if pretrained:  # WeightsUnavailable: the run falls back to the backbone's ImageNet weights
+        raise no_detector_weights(MODEL_NAME)
     if class_names is not None:
         if len(class_names) != num_classes:
             raise ValueError(f"{MODEL_NAME}: {len(class_names)} class names for {num_classes} classes")
