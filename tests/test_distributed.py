@@ -182,3 +182,33 @@ def test_doctor_no_gradient_finding_mentions_ddp_only_when_distributed(monkeypat
     monkeypatch.setenv("WORLD_SIZE", "2")
     (ddp,) = check_no_gradient(obs)
     assert "find_unused_parameters" in ddp.cause and ddp.evidence["ddp_world_size"] == 2
+
+
+# ----- every task: one run directory, written by rank 0 -----------------------------------------
+TASK_ARGS = {
+    "segmentation": ["--task", "segmentation", "--synth", "streets", "--image-size", "64",
+                     "--set", "data.synth_images=8", "--set", "data.synth_options={num_val: 4, num_test: 2, image_size: 64}",
+                     "--no-pretrained"],
+    "text_query": ["--config", "text_query", "--image-size", "96", "--set", "data.synth_images=16",
+                   "--set", "data.synth_options={num_val: 4, num_test: 0, image_size: 96, min_size: 12, max_size: 48}",
+                   "--set", "model.kwargs={channels: 32, embed_dim: 32, encoder: hashed}"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASK_ARGS))
+def test_torchrun_writes_one_run_directory_from_rank_0(task, tmp_path):
+    out = tmp_path / "runs"
+    args = ["-m", "visiondoctor", "train", *TASK_ARGS[task], "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+            "--name", task, "--output-dir", str(out), "--set", "train.warmup_steps=1", "--set", "train.monitors=false"]
+    proc = torchrun(args, cwd=tmp_path)
+    runs = sorted(p.name for p in out.iterdir() if not p.name.startswith("_"))  # _data: the generated dataset
+    assert runs == [task]  # one folder: rank 1 neither claimed a name of its own nor wrote a second run
+    run = out / task
+    for name in ("config.yaml", "categories.json", "history.csv", "metrics.json", "diagnosis.json", "report.html"):
+        assert (run / name).is_file(), name
+    assert not [p for p in run.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]  # no half-written files
+    assert proc.stdout.count("report: ") == 1  # only rank 0 reports
+    rows = _history(run)
+    assert rows and len({(r["step"], r["split"]) for r in rows}) == len(rows)  # each step logged once, not per rank
+    assert "Traceback" not in proc.stderr
