@@ -115,7 +115,7 @@ def test_check_images_off_trusts_json(tmp_path):
 
 
 def test_unknown_folder_and_format(tmp_path):
-    assert {f.name for f in formats_for("detection")} == {"coco", "voc", "yolo"}
+    assert {f.name for f in formats_for("detection")} >= {"coco", "voc", "yolo"}  # plug-ins may add more
     with pytest.raises(DataError, match="no detection dataset recognised"):
         load_detection(tmp_path)
     with pytest.raises(DataError, match="no such file"):
