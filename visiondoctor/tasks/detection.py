@@ -24,10 +24,8 @@ from visiondoctor.evaluation.detection_quality import write_detection_quality
 from visiondoctor.evaluation.detection_stats import detection_statistics
 from visiondoctor.evaluation.detections import detections_to_coco
 from visiondoctor.evaluation.errors import tide_errors
-from visiondoctor.findings import Finding
 from visiondoctor.models.registry import create_model, get_entry
 from visiondoctor.rundir import RunDir
-from visiondoctor.tasks.diagnosis import data_findings
 from visiondoctor.tasks.pipeline import Datasets, Task, register_task
 
 
@@ -63,8 +61,9 @@ class DetectionTask(Task):
                         probe=DetectionDataset(data.train, cmap, detection_transforms(False), images),
                         collate=collate_detection)
 
-    def data_findings(self, data: DetectionData, categories: dict[str, Any]) -> list[Finding]:
-        return data_findings(data.train, data.category_map, bool(categories["background"]))
+    def data_context(self, data: DetectionData, categories: dict[str, Any]) -> dict[str, Any]:
+        return {**super().data_context(data, categories), "index": data.train, "category_map": data.category_map,
+                "background_label": bool(categories["background"])}
 
     def evaluate(self, model: nn.Module, data: DetectionData, split: str, cfg: Config, device: torch.device,
                  run: RunDir | None = None) -> dict[str, Any]:

@@ -120,7 +120,8 @@ class RunDiagnosis:
         return [f.to_dict() for f in result]
 
 
-def data_findings(index: Any, category_map: Any, background_label: bool) -> list[Finding]:
-    """The doctor's data-stage checks on the whole training split (box format and range, labels, empty or
-    dominant categories, tiny boxes)."""
-    return run_stage("data", index=index, category_map=category_map, background_label=background_label)
+def data_findings(**context: Any) -> list[Finding]:
+    """The doctor's data-stage checks on what `context` holds (STAGES["data"]: the training split's index
+    and label map, every split's images): box format and range, labels, empty or dominant categories, tiny
+    boxes, images shared across splits."""
+    return run_stage("data", **context)

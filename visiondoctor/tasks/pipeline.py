@@ -54,7 +54,7 @@ from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.registry import Registry
 from visiondoctor.report.html import build_report as build_report_html
 from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file, unused_run_dir
-from visiondoctor.tasks.diagnosis import RunDiagnosis
+from visiondoctor.tasks.diagnosis import RunDiagnosis, data_findings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,17 @@ class TaskData(Protocol):
     def split(self, name: str) -> Any: ...
     def categories(self) -> dict[str, Any]: ...
     def summary(self) -> dict[str, Any]: ...
+
+
+def split_images(data: TaskData) -> dict[str, list[Path]]:
+    """{split: its image files} for the splits the data has (train, val, test)."""
+    found = {}
+    for name in ("train", "val", "test"):
+        try:
+            found[name] = [record.path for record in data.split(name).records]
+        except FileNotFoundError:  # no such split
+            continue
+    return found
 
 
 @dataclass
@@ -119,9 +130,14 @@ class Task:
         """The loss the Trainer calls: the model's own losses unless a task says otherwise."""
         return default_loss_fn
 
+    def data_context(self, data: TaskData, categories: dict[str, Any]) -> dict[str, Any]:
+        """What the doctor's data-stage checks receive (doctor/checks STAGES["data"]): every split's image
+        files; a task adds its own (detection: the training index and label map)."""
+        return {"split_images": split_images(data)}
+
     def data_findings(self, data: TaskData, categories: dict[str, Any]) -> list[Finding]:
-        """The doctor's data-stage findings on the whole training split."""
-        return []
+        """The doctor's data-stage findings on the dataset, before training."""
+        return data_findings(**self.data_context(data, categories))
 
     def evaluate(self, model: nn.Module, data: TaskData, split: str, cfg: Config, device: torch.device,
                  run: RunDir | None = None) -> dict[str, Any]:

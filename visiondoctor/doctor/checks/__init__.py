@@ -24,8 +24,8 @@ from visiondoctor.registry import Registry
 
 # stage -> what its context holds (the names a check's parameters may use)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "data": ("a whole dataset split, before training (no model)",
-             ("index", "category_map", "background_label", "splits")),
+    "data": ("the dataset before training (no model): the training split, every split's image files",
+             ("index", "category_map", "background_label", "split_images")),
     "probe": ("probe forwards of the model on a few training samples, before training",
               ("model", "obs", "io", "images", "targets", "image_sizes", "num_classes", "background_label",
                "optimizer", "min_size", "task", "lr_range", "overfit")),
