@@ -24,6 +24,16 @@ from torchvision.models.detection.anchor_utils import (
 ANCHOR_CLASS_NAME = re.compile(r"anchor|prior|defaultbox", re.IGNORECASE)
 
 
+@contextlib.contextmanager
+def removing(handles: list[Any]) -> Iterator[None]:
+    """Remove the hooks in `handles` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def tensors_4d(obj: Any) -> list[torch.Tensor]:
     """Every 4-D tensor in a module output: a tensor, a dict/OrderedDict of them, or a list/tuple."""
     if isinstance(obj, torch.Tensor):
@@ -95,11 +105,8 @@ def record_feature_maps(model: nn.Module) -> Iterator[FeatureMapRecord]:
             handles.append(m.register_forward_pre_hook(pre_conv))
         if name:
             handles.append(m.register_forward_hook(make_hook(name)))
-    try:
+    with removing(handles):
         yield rec
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def autocast_enabled() -> bool:
@@ -117,11 +124,8 @@ def record_autocast(model: nn.Module) -> Iterator[dict[str, bool]]:
                 seen[_name] = autocast_enabled()
 
             handles.append(m.register_forward_pre_hook(hook))
-    try:
+    with removing(handles):
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass
@@ -211,11 +215,8 @@ def record_anchors(model: nn.Module) -> Iterator[list[AnchorRecord]]:
             records.append(AnchorRecord(_name, anchors, image_hw, levels))
 
         handles.append(m.register_forward_hook(hook))
-    try:
+    with removing(handles):
         yield records
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass
@@ -335,11 +336,8 @@ def capture_outputs(modules: Sequence[tuple[str, nn.Module]]) -> Iterator[dict[s
             out[_name] = detach_tree(output)
 
         handles.append(m.register_forward_hook(hook))
-    try:
+    with removing(handles):
         yield out
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def detach_tree(obj: Any) -> Any:

@@ -41,3 +41,15 @@ def pick_split(path: Path, split: str | None, available: list[str], required: bo
 
 def subdirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+
+def read_split_list(list_file: Path, available: list[str]) -> list[tuple[int, str]]:
+    """(line number, first word) of each non-empty line of a split list (VOC's ImageSets/*/<split>.txt);
+    DataError naming the file, and the splits that exist, when it cannot be read."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{list_file}: split list not found; available: {available}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{list_file}: cannot read split list ({exc})") from None
+    return [(n, line.split()[0]) for n, line in enumerate(lines, start=1) if line.strip()]

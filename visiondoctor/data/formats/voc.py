@@ -26,7 +26,7 @@ from pathlib import Path
 
 from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._checks import ProblemLog, as_int, check_box, finish_index
-from visiondoctor.data.formats.splits import pick_split
+from visiondoctor.data.formats.splits import pick_split, read_split_list
 from visiondoctor.data.images import IMAGE_EXTENSIONS, image_size, resolve_image_path, rotation_hint
 from visiondoctor.data.samples import Category, DataError, DetectionIndex, DetectionRecord
 
@@ -100,18 +100,10 @@ def _xml_files(root: Path, ann_dir: Path, split: str | None, log: ProblemLog) ->
     if split is None:
         return sorted(ann_dir.glob("*.xml"))
     list_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{list_file}: split list not found; available: {voc_splits(root)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{list_file}: cannot read split list ({exc})") from None
     files = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, name in read_split_list(list_file, voc_splits(root)):
         try:
-            xml_path = resolve_image_path(ann_dir, line.split()[0] + ".xml", str(list_file), f"line {n}")
+            xml_path = resolve_image_path(ann_dir, name + ".xml", str(list_file), f"line {n}")
         except DataError as error:
             log.extend(error, f"line {n}", "path_escape", list_file)
             continue

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from visiondoctor.data.formats import DatasetFormat, register_format
 from visiondoctor.data.formats._seglayout import read_pairs
+from visiondoctor.data.formats.splits import read_split_list
 from visiondoctor.data.images import resolve_image_path
 from visiondoctor.data.seg_samples import DataError, Problem, SegmentationIndex
 
@@ -73,13 +74,7 @@ def read(root: Path, split: str, ignore_index: int | None = None) -> Segmentatio
 def _listed_ids(root: Path, split: str) -> list[tuple[str, str]]:
     """(record, image id) for each line of the split list."""
     list_file = root / LISTS / f"{split}.txt"
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{list_file}: split list not found; available: {list_splits(root)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{list_file}: cannot read split list ({exc})") from None
-    return [(f"{list_file.name} line {n}", line.split()[0]) for n, line in enumerate(lines, start=1) if line.strip()]
+    return [(f"{list_file.name} line {n}", name) for n, name in read_split_list(list_file, list_splits(root))]
 
 
 register_format(DatasetFormat(name=NAME, task="segmentation", priority=50, detect=detect, read=read,

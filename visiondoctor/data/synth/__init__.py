@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,35 @@ def register_generator(name: str, marker: str) -> Callable[[Callable[..., Any]],
         return fn
 
     return wrap
+
+
+ANNOTATION_FILE = "_annotations.coco.json"  # <split>/_annotations.coco.json: the layout of Roboflow's COCO export
+
+
+def box_annotation(annotation_id: int, image_id: int, class_index: int, bbox: Sequence[float],
+                   **extra: Any) -> dict[str, Any]:
+    """One COCO annotation of a generated object: xywh `bbox`, category id = class index + 1."""
+    x, y, w, h = bbox
+    return {"id": annotation_id, "image_id": image_id, "category_id": class_index + 1, "bbox": [x, y, w, h],
+            "area": w * h, "iscrowd": 0, "segmentation": [], **extra}
+
+
+def write_coco_split(split_dir: Path, generator: str, seed: int, split: str, categories: list[dict[str, Any]],
+                     images: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> Path:
+    """Write one generated split's COCO file; returns its path."""
+    coco = {"info": {"description": f"visiondoctor synthetic {generator}", "seed": seed, "split": split},
+            "licenses": [], "categories": categories, "images": images, "annotations": annotations}
+    path = split_dir / ANNOTATION_FILE
+    path.write_text(json.dumps(coco), encoding="utf-8")
+    return path
+
+
+def boxes_per_class(annotations: list[dict[str, Any]], classes: Sequence[str]) -> dict[str, int]:
+    """{class name: boxes} over COCO annotations whose category id is class index + 1."""
+    counts = {name: 0 for name in classes}
+    for a in annotations:
+        counts[classes[a["category_id"] - 1]] += 1
+    return counts
 
 
 def generate(name: str, out_dir: str | Path, num_images: int | None = None, seed: int = 0, **kwargs: Any) -> Any:

@@ -33,13 +33,17 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from visiondoctor.data.synth import register_generator
+from visiondoctor.data.synth import (
+    box_annotation,
+    boxes_per_class,
+    register_generator,
+    write_coco_split,
+)
 
 SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ellipse")
 DEFAULT_CLASSES = ("circle", "square", "triangle", "star", "cross")
 BACKGROUND_KINDS = ("plain", "gradient", "stripes", "noise", "checker")
 SPLITS = ("train", "val", "test")
-ANNOTATION_FILE = "_annotations.coco.json"
 SUMMARY_FILE = "generation_summary.json"
 SIZE_BINS = (0, 16, 32, 64, 96, 128, 256, 100000)  # box side sqrt(w*h), px; 32/96 are COCO's small/medium/large limits
 
@@ -336,19 +340,12 @@ def generate_shapes(
                 picture.save(split_dir / file_name, "PNG")
             images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
             for obj in objects:
-                x, y, w, h = obj["bbox"]
+                _, _, w, h = obj["bbox"]
                 sides.append(math.sqrt(w * h))
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": obj["class_index"] + 1, "bbox": [x, y, w, h], "area": w * h,
-                                    "iscrowd": 0, "segmentation": [], "visible_fraction": obj["visible_fraction"]})
-        coco = {"info": {"description": "visiondoctor synthetic shapes", "seed": seed, "split": split},
-                "licenses": [], "categories": categories, "images": images, "annotations": annotations}
-        path = split_dir / ANNOTATION_FILE
-        path.write_text(json.dumps(coco), encoding="utf-8")
-        written[split] = path
-        per_class = {name: 0 for name in classes}
-        for a in annotations:
-            per_class[classes[a["category_id"] - 1]] += 1
+                annotations.append(box_annotation(len(annotations) + 1, image_id, obj["class_index"], obj["bbox"],
+                                                  visible_fraction=obj["visible_fraction"]))
+        written[split] = write_coco_split(split_dir, "shapes", seed, split, categories, images, annotations)
+        per_class = boxes_per_class(annotations, classes)
         hist, _ = np.histogram(sides, bins=SIZE_BINS)
         summary_splits[split] = {"images": len(images), "boxes": len(annotations), "per_class": per_class,
                                  "size_histogram": hist.tolist(), **totals}

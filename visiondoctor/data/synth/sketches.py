@@ -39,9 +39,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from visiondoctor.data.synth import register_generator
+from visiondoctor.data.synth import (
+    box_annotation,
+    boxes_per_class,
+    register_generator,
+    write_coco_split,
+)
 
-ANNOTATION_FILE = "_annotations.coco.json"
 PHASES_FILE = "phases.json"
 SUMMARY_FILE = "generation_summary.json"
 PHASES_FORMAT = "visiondoctor-phases/1"
@@ -354,18 +358,9 @@ def generate_sketches(
             if phase >= 0:
                 train_ids_per_phase[phase].append(image_id)
             for obj in objects:
-                x, y, w, h = obj["bbox"]
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": obj["class_index"] + 1, "bbox": [x, y, w, h], "area": w * h,
-                                    "iscrowd": 0, "segmentation": []})
-        coco = {"info": {"description": "visiondoctor synthetic sketches", "seed": seed, "split": split},
-                "licenses": [], "categories": categories, "images": images, "annotations": annotations}
-        path = split_dir / ANNOTATION_FILE
-        path.write_text(json.dumps(coco), encoding="utf-8")
-        written[split] = path
-        per_class = {name: 0 for name in classes}
-        for a in annotations:
-            per_class[classes[a["category_id"] - 1]] += 1
+                annotations.append(box_annotation(len(annotations) + 1, image_id, obj["class_index"], obj["bbox"]))
+        written[split] = write_coco_split(split_dir, "sketches", seed, split, categories, images, annotations)
+        per_class = boxes_per_class(annotations, classes)
         summary[split] = {"images": len(images), "boxes": len(annotations), "unplaced": unplaced, "per_class": per_class}
         if split == "train":
             train_annotations = annotations
