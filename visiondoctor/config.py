@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -134,8 +135,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if hint in (int, float):
         try:
@@ -154,6 +155,22 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values or {}, "config")
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as configs are written: only true/false are booleans (YAML 1.2). PyYAML follows YAML 1.1, where
+    on/off/yes/no are booleans too, so `channels_last: off` would reach a text field as False."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def _parse(text: Any) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load YAML (optional; a bare name such as `demo` is a preset shipped with the package), then
     apply `a.b=value` overrides (values parsed as YAML scalars)."""
@@ -163,7 +180,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
-                values = yaml.safe_load(fh) or {}
+                values = _parse(fh) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from None
         if not isinstance(values, dict):
@@ -178,7 +195,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _parse(raw) if raw != "" else ""
     return config_from_dict(values)
 
 
