@@ -1,10 +1,12 @@
 """Each check on inputs built to trigger it, and on inputs built not to."""
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import visiondoctor as vd
 from visiondoctor.data.samples import Category, CategoryMap, DetectionIndex, DetectionRecord
 from visiondoctor.doctor.checks import consistency, data, evaluation, exits, gradients, heads, losses, outputs
 from visiondoctor.doctor.model_io import ModelIO
@@ -128,6 +130,19 @@ def test_anchor_steps_that_disagree_with_the_stride():
     assert "anchors.stride-mismatch" not in ids(findings)
 
 
+@pytest.mark.slow
+def test_boxes_decoded_from_the_images_are_not_taken_for_priors(tmp_path):
+    """Before training, a head can emit nearly the same deltas for any image: boxes decoded from them (and clipped
+    to the image) then look constant across inputs, like priors, but they are computed from the images. Taken for
+    priors, their clipped border rows looked like grids of the wrong stride (the demo model at 96 px)."""
+    run = vd.train(config="demo", overrides=[
+        "data.synth_images=16", "data.synth_options={num_val: 4, num_test: 2, image_size: 160}", "model.image_size=96",
+        "train.epochs=1", "train.batch_size=8", "train.monitors=false", f"output_dir={tmp_path}", "name=demo96",
+        "model.pretrained=false", "model.pretrained_backbone=false"])
+    found = [f["id"] for f in json.loads((run.path / "diagnosis.json").read_text())]
+    assert "anchors.stride-mismatch" not in found and "anchors.coverage" in found  # priors found and judged
+
+
 def test_optimizer_missing_a_replaced_head():
     model = tiny_ssd(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -230,8 +245,6 @@ def test_every_catalogue_id_is_documented():
 
 
 def test_findings_from_a_run_directory(tmp_path):
-    import json
-
     from visiondoctor.doctor.from_run import run_findings
 
     rows = ["epoch,step,split,loss,miou"]

@@ -4,8 +4,10 @@ Priors are the box sets a detector's forward uses that do not depend on the imag
 buffer, a plain tensor attribute, the output of an anchor module or of a helper function called in
 forward all qualify. `discover_priors` runs two eval forwards on images of the same size but
 different content, records every [N, 4] tensor that flows through an op (inputs and outputs, seen
-at the dispatcher), and keeps those identical in both runs that look like a set of boxes covering
-the image: the priors, in the frame of the image the first convolution sees (or normalised to it).
+at the dispatcher) and is not computed from the images' values (data flow is followed op by op, so
+boxes decoded by an untrained head whose deltas happen to be constant are not taken for priors),
+and keeps those identical in both runs that look like a set of boxes covering the image: the
+priors, in the frame of the image the first convolution sees (or normalised to it).
 
 What priors are made of is then measured too: the grid their centres tile (spacing, extent), their
 sizes, and whether they are a point grid (one prior per cell, as large as the cell: anchor-free
@@ -13,12 +15,14 @@ detectors such as FCOS keep one for their centre sampling; IoU coverage does not
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from visiondoctor.doctor import hooks
@@ -27,33 +31,53 @@ MIN_PRIORS = 8  # fewer than this is a constant (clip bounds, a mean), not a pri
 MAX_PRIORS = 2_000_000
 
 
-class _BoxTensorRecorder(TorchDispatchMode):
-    """Every floating tensor shaped [..., N, 4] that an op reads or writes, in call order (detached copies)."""
+# Ops whose output depends on an input's shape, dtype or device only, never on its values.
+_METADATA_ONLY = {torch.ops.aten.zeros_like, torch.ops.aten.ones_like, torch.ops.aten.empty_like,
+                  torch.ops.aten.full_like, torch.ops.aten.new_zeros, torch.ops.aten.new_ones,
+                  torch.ops.aten.new_empty, torch.ops.aten.new_full}
 
-    def __init__(self) -> None:
+
+class _BoxTensorRecorder(TorchDispatchMode):
+    """Every floating tensor shaped [..., N, 4] that an op reads or writes, in call order (detached copies),
+    leaving out those computed from the images' content: everything an op derives from a `sources` tensor, or
+    from a tensor so derived, is content (decoded detections are; priors, built from sizes alone, are not)."""
+
+    def __init__(self, sources: Sequence[torch.Tensor] | torch.Tensor = ()) -> None:
         super().__init__()
         self.tensors: list[torch.Tensor] = []
         self._seen: set[int] = set()
+        self._content: dict[int, weakref.ref] = {}  # id -> ref (tensors compare elementwise: no WeakSet)
+        for t in ([sources] if isinstance(sources, torch.Tensor) else sources):
+            self._mark(t)
+
+    def _mark(self, t: torch.Tensor) -> None:
+        key = id(t)
+        self._content[key] = weakref.ref(t, lambda _ref, key=key: self._content.pop(key, None))
+
+    def _is_content(self, t: torch.Tensor) -> bool:
+        ref = self._content.get(id(t))
+        return ref is not None and ref() is t
 
     def _keep(self, t: Any) -> None:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2 or t.shape[-1] != 4:
             return
         rows = t.numel() // 4
-        if rows < MIN_PRIORS or rows > MAX_PRIORS or id(t) in self._seen:
+        if rows < MIN_PRIORS or rows > MAX_PRIORS or id(t) in self._seen or self._is_content(t):
             return
         self._seen.add(id(t))
         self.tensors.append(t.detach().reshape(-1, 4).float().cpu().clone())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        for a in (*args, *(kwargs or {}).values()):
-            if isinstance(a, (list, tuple)):
-                for item in a:
-                    self._keep(item)
-            else:
-                self._keep(a)
-        for o in out if isinstance(out, (list, tuple)) else (out,):
-            self._keep(o)
+        inputs = [t for t in pytree.tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if func.overloadpacket not in _METADATA_ONLY and any(self._is_content(t) for t in inputs):
+            for t in (*outputs, *_written(func, args, kwargs or {})):  # in-place: the buffer written is content
+                while isinstance(t, torch.Tensor):
+                    self._mark(t)
+                    t = t._base  # a view written to changes its base too
+        for t in (*inputs, *outputs):
+            self._keep(t)
         return out
 
 
@@ -123,6 +147,16 @@ def _levels(boxes: torch.Tensor) -> list[PriorLevel]:
     return levels
 
 
+def _written(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensor arguments an op writes to (in-place and out= ops), from its schema."""
+    written = []
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            written += [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+    return written
+
+
 def _perturbed(images: Sequence[torch.Tensor] | torch.Tensor) -> Any:
     """Images of the same sizes with other content (flipped and inverted), so image-dependent tensors differ."""
     if isinstance(images, torch.Tensor):
@@ -131,7 +165,7 @@ def _perturbed(images: Sequence[torch.Tensor] | torch.Tensor) -> Any:
 
 
 def _record(model: nn.Module, predict: Any, images: Any) -> tuple[list[torch.Tensor], tuple[int, int] | None]:
-    with torch.no_grad(), hooks.record_feature_maps(model) as feats, _BoxTensorRecorder() as rec:
+    with torch.no_grad(), hooks.record_feature_maps(model) as feats, _BoxTensorRecorder(images) as rec:
         predict(model, images)
     return rec.tensors, feats.reference_hw
 
