@@ -179,6 +179,12 @@ class TrainingMonitor(Callback):
             out["outputs"] = self.output_stats[-1].to_evidence()
         return out
 
+    @property
+    def raised(self) -> int:
+        """How many findings the per-step checks (non-finite losses and gradients) have raised so far: a
+        caller showing findings as they come asks `findings()` when this grows, not only every `every` steps."""
+        return len(self._nonfinite) + len(self._errors)
+
     def findings(self) -> list[Finding]:
         """Everything the monitor can say now (may be called at any time)."""
         out = run_stage("monitor", loss_history=self.loss_history, total_history=self.total_history, steps=self.steps,

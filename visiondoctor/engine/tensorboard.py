@@ -3,9 +3,9 @@ files through `torch.utils.tensorboard.SummaryWriter`.
 
 Per logged step (history's "train" rows, every `train.log_every` steps) it writes each loss
 component, the learning rate, images/s and the gradient norm under `train/`; per evaluation the
-validation losses and every numeric metric under `val/`. `add_text` and `add_images` let the
-caller add the doctor's findings and a few drawn predictions. View with
-`tensorboard --logdir runs/<name>/tensorboard`.
+validation losses and every numeric metric under `val/`. `add_findings`, `add_text` and
+`add_images` let the caller add the doctor's findings and a few drawn predictions once the run is
+evaluated (the run pipeline does). View with `tensorboard --logdir runs/<name>/tensorboard`.
 """
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ import torch
 from PIL import Image
 
 from visiondoctor.engine.callbacks import Callback, TrainState
+from visiondoctor.findings import Finding
+from visiondoctor.report.markdown import findings_table
 
 TENSORBOARD_DIR = "tensorboard"
 NOT_SCALARS = ("epoch", "step", "split", "elapsed_s")  # row keys that are coordinates, not measurements
+FINDINGS_TAG = "doctor/findings"
 
 
 class TensorBoardLogger(Callback):
@@ -51,9 +54,13 @@ class TensorBoardLogger(Callback):
         self.writer.add_text(tag, text, step)
         self.writer.flush()
 
+    def add_findings(self, findings: Sequence[Finding | dict[str, Any]], step: int, tag: str = FINDINGS_TAG) -> None:
+        """The doctor's findings as one table (severity, ID, title), errors first."""
+        self.add_text(tag, findings_table([f if isinstance(f, dict) else f.to_dict() for f in findings]), step)
+
     def add_images(self, tag: str, images: Sequence[Any], step: int) -> None:
-        """A few images under `tag/0`, `tag/1`, ...: PIL images, HWC uint8 arrays or CHW tensors
-        (floats in [0, 1] or uint8); each keeps its own size."""
+        """A few images under `tag/0`, `tag/1`, ...: PIL images, image files, HWC uint8 arrays or CHW
+        tensors (floats in [0, 1] or uint8); each keeps its own size."""
         for i, image in enumerate(images):
             self.writer.add_image(f"{tag}/{i}", _hwc(image), step, dataformats="HWC")
         self.writer.flush()
@@ -64,7 +71,10 @@ class TensorBoardLogger(Callback):
 
 def _hwc(image: Any) -> np.ndarray:
     """One image as an HWC array TensorBoard encodes (uint8, or floats in [0, 1])."""
-    if isinstance(image, Image.Image):
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            array = np.asarray(opened.convert("RGB"))
+    elif isinstance(image, Image.Image):
         array = np.asarray(image.convert("RGB"))
     elif isinstance(image, torch.Tensor):
         t = image.detach().cpu()

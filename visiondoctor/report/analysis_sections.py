@@ -20,7 +20,7 @@ TIDE_TYPES = {"cls", "loc", "both", "dupe", "bkg", "miss", "classification", "lo
 MAX_LIST = 8  # lists longer than this are drawn or left out, never tabulated
 
 
-@register_section(80, title="Error analysis", needs=("errors.json", "consistency.json"))
+@register_section(80, title="Error analysis", needs=("errors.json", "consistency.json"), tasks=("detection",))
 def error_analysis_section(run: RunDir) -> Section | None:
     blocks: list[Any] = []
     errors = read_json(run, "errors.json")

@@ -106,7 +106,7 @@ def _metrics(run: RunDir) -> dict[str, Any]:
     return _as_dict(read_json(run, "metrics.json"))
 
 
-@register_section(40, title="Metrics", needs=("metrics.json",))
+@register_section(40, title="Metrics", needs=("metrics.json",), tasks=("detection",))
 def metrics_section(run: RunDir) -> Section | None:
     metrics = _metrics(run)
     if "map" not in metrics and "map50" not in metrics:
@@ -118,7 +118,7 @@ def metrics_section(run: RunDir) -> Section | None:
                                      caption="COCO metrics (faster-coco-eval); n/a = not defined (no ground truth of that kind).")])
 
 
-@register_section(45, title="Per-class AP", needs=("metrics.json",))
+@register_section(45, title="Per-class AP", needs=("metrics.json",), tasks=("detection",))
 def per_class_section(run: RunDir) -> Section | None:
     per_class = _as_dict(_metrics(run).get("per_class"))
     if not any("ap" in _as_dict(v) or "ap50" in _as_dict(v) for v in per_class.values()):
@@ -139,7 +139,8 @@ def per_class_section(run: RunDir) -> Section | None:
 MAX_CONFUSION_CLASSES = 40
 
 
-@register_section(47, title="Detection confusion matrix", needs=("detection_confusion.json",), optional=True)
+@register_section(47, title="Detection confusion matrix", needs=("detection_confusion.json",), optional=True,
+                  tasks=("detection",))
 def detection_confusion_section(run: RunDir) -> Section | None:
     data = read_confusion(run)
     if not isinstance(data, dict) or not isinstance(data.get("matrix"), list) or not data["matrix"]:
@@ -171,7 +172,7 @@ def detection_confusion_section(run: RunDir) -> Section | None:
     return Section("Detection confusion matrix", blocks)
 
 
-@register_section(50, title="Precision-recall curves", needs=("pr_curves.json",))
+@register_section(50, title="Precision-recall curves", needs=("pr_curves.json",), tasks=("detection",))
 def pr_section(run: RunDir) -> Section | None:
     data = _metrics(run).get("pr_curves")
     if data is None:
@@ -196,7 +197,7 @@ def pr_section(run: RunDir) -> Section | None:
 
 # ---------------------------------------------------------------- detection statistics
 
-@register_section(60, title="Detection statistics", needs=("detection_stats.json",))
+@register_section(60, title="Detection statistics", needs=("detection_stats.json",), tasks=("detection",))
 def detection_stats_section(run: RunDir) -> Section | None:
     stats = _as_dict(read_json(run, "detection_stats.json"))
     if not stats:

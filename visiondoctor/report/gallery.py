@@ -39,7 +39,8 @@ COUNT_COLUMNS = {"true_positive": "true positives", "classification": "wrong cla
                  "missed": "missed"}
 
 
-@register_section(70, title="Predictions beside ground truth", needs=("predictions.json", "gt.json"))
+@register_section(70, title="Predictions beside ground truth", needs=("predictions.json", "gt.json"),
+                  tasks=("detection",))
 def predictions_section(run: RunDir) -> Section | None:
     quality = read_per_image(run)
     gt = load_ground_truth(run)

@@ -10,7 +10,9 @@ the data are escaped.
 Sections
 --------
 Each section is a function `(run: RunDir) -> Section | None` registered with
-`visiondoctor.report.sections.register_section(order, fn, title=..., needs=...)`; None
+`visiondoctor.report.sections.register_section(order, fn, title=..., needs=..., tasks=...)`;
+a section registered for other tasks than the run's (config.yaml `task`) is left out: a
+segmentation report has no detection placeholders, nor a detection report segmentation ones. None
 means its inputs are missing and the page lists it under "Not in this report" with the
 files it needs. A section that raises is shown with its error instead of stopping the
 report. A feature adds its sections from its own `report_sections.py`, which registers them when
@@ -151,10 +153,21 @@ def _run_name(run: RunDir) -> str:
         return run.path.name
 
 
+def _run_task(run: RunDir) -> str | None:
+    """The run's task (config.yaml `task`); None when the config is missing, unreadable or names none."""
+    try:
+        task = cfg(read_config(run), "task")
+    except ReportInputError:
+        return None
+    return str(task) if task else None
+
+
 def run_sections(run: RunDir, entries: Sequence[SectionEntry]) -> tuple[list[Section], list[Skipped]]:
-    """Each section's builder, in order; None -> skipped (with the files it needs), error -> shown."""
+    """Each section of the run's task (the others are neither shown nor listed), in order; its
+    builder returning None -> skipped (with the files it needs), raising -> shown with the error."""
     sections, skipped = [], []
-    for entry in entries:
+    task = _run_task(run)
+    for entry in (e for e in entries if e.applies_to(task)):
         try:
             section = entry.fn(run)
         except Exception as exc:  # one broken input must not cost the whole report

@@ -38,6 +38,17 @@ def diagnosis_markdown(findings: Sequence[dict[str, Any]], title: str) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def findings_table(findings: Sequence[dict[str, Any]]) -> str:
+    """The findings as one Markdown table (severity, ID, title), errors first: a summary where the
+    whole analysis does not fit (TensorBoard's text tab)."""
+    findings = sort_findings(f for f in findings if isinstance(f, dict))
+    if not findings:
+        return "The doctor ran its checks and found nothing to report."
+    rows = [f"| {_cell(f.get('severity', 'info'))} | `{_code(f.get('id', 'n/a'))}` | {_cell(f.get('title', ''))} |"
+            for f in findings]
+    return "\n".join(["| severity | id | title |", "|---|---|---|", *rows])
+
+
 def _verdict(findings: list[dict[str, Any]], counts: dict[str, int]) -> str:
     parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 and s != 'info' else ''}" for s in ("error", "warning", "info") if counts[s]]
     line = f"**{len(findings)} finding{'s' if len(findings) != 1 else ''}** ({', '.join(parts)})."

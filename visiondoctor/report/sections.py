@@ -107,26 +107,35 @@ class SectionEntry:
     title: str
     needs: tuple[str, ...] = ()  # run-dir files the section reads; used to say why it was skipped
     optional: bool = False  # a feature's section (anomaly, early exit, ...): absent, not "missing", when empty
+    tasks: tuple[str, ...] = ()  # the run tasks (config.yaml `task`) it belongs to; () = every task
+
+    def applies_to(self, task: str | None) -> bool:
+        """Whether a run of `task` shows (or lists as missing) this section; an unknown task gets every section."""
+        return not self.tasks or task is None or task in self.tasks
 
 
 _REGISTRY: dict[str, SectionEntry] = {}
 
 
 def register_section(
-    order: float, fn: SectionFn | None = None, *, title: str = "", needs: Sequence[str] = (), optional: bool = False
+    order: float, fn: SectionFn | None = None, *, title: str = "", needs: Sequence[str] = (), optional: bool = False,
+    tasks: Sequence[str] = (),
 ) -> Any:
     """Add a section builder at position `order` (lower first). Usable as a decorator.
 
     Registering the same function again replaces it (modules may be re-imported). `optional`
-    sections belong to one task or feature: when they have nothing to show for a run they are
-    left out instead of being listed under "Not in this report".
+    sections belong to a feature: when they have nothing to show for a run they are left out
+    instead of being listed under "Not in this report". `tasks` ("detection", "segmentation"):
+    the section belongs to runs of these tasks only (config.yaml `task`); a run of another task
+    neither shows it nor lists it as missing. Empty: every task.
     Built-in orders: 0 summary, 10 diagnosis, 20 data, 30 training curves, 40 metrics,
     45 per-class AP, 50 PR curves, 60 detection statistics, 70 predictions, 80 error analysis.
     """
 
     def add(f: SectionFn) -> SectionFn:
         key = f"{f.__module__}.{f.__qualname__}"
-        _REGISTRY[key] = SectionEntry(order, f, title or f.__name__.replace("_", " "), tuple(needs), optional)
+        _REGISTRY[key] = SectionEntry(order, f, title or f.__name__.replace("_", " "), tuple(needs), optional,
+                                      tuple(tasks))
         return f
 
     return add(fn) if fn is not None else add

@@ -70,7 +70,7 @@ def segmentation_metric_blocks(metrics: dict[str, Any], what: str) -> list[Any]:
     return blocks
 
 
-@register_section(41, title="Segmentation metrics", needs=("metrics.json",), optional=True)
+@register_section(41, title="Segmentation metrics", needs=("metrics.json",), optional=True, tasks=("segmentation",))
 def segmentation_section(run: RunDir) -> Section | None:
     metrics = read_json(run, "metrics.json")
     if not isinstance(metrics, dict) or "miou" not in metrics:
@@ -88,7 +88,8 @@ def class_names(run: RunDir, metrics: dict[str, Any], k: int) -> list[str]:
     return [str(n) for n in per_class] if len(per_class) == k else [str(i) for i in range(k)]
 
 
-@register_section(42, title="Segmentation confusion matrix", needs=("metrics.json",), optional=True)
+@register_section(42, title="Segmentation confusion matrix", needs=("metrics.json",), optional=True,
+                  tasks=("segmentation",))
 def segmentation_confusion_section(run: RunDir) -> Section | None:
     metrics = read_json(run, "metrics.json")
     if not isinstance(metrics, dict) or "miou" not in metrics or not metrics.get("confusion_matrix"):
@@ -136,7 +137,8 @@ def error_map(gt: np.ndarray, pred: np.ndarray, image: np.ndarray | None, ignore
     return out
 
 
-@register_section(71, title="Worst segmented images", needs=(WORST_JSON, WORST_NPZ), optional=True)
+@register_section(71, title="Worst segmented images", needs=(WORST_JSON, WORST_NPZ), optional=True,
+                  tasks=("segmentation",))
 def segmentation_worst_section(run: RunDir) -> Section | None:
     loaded = _load_worst(run)
     if loaded is None:
@@ -250,7 +252,7 @@ def _load_examples(run: RunDir) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
-@register_section(56, title="Anomaly segmentation", needs=("anomaly.json",), optional=True)
+@register_section(56, title="Anomaly segmentation", needs=("anomaly.json",), optional=True, tasks=("segmentation",))
 def anomaly_section(run: RunDir) -> Section | None:
     result = read_json(run, "anomaly.json")
     if not isinstance(result, dict) or not result.get("methods"):

@@ -44,14 +44,21 @@ class DoctorOnTheRun(Callback):
     def __init__(self, diagnosis: "RunDiagnosis") -> None:
         self.diagnosis = diagnosis
         self.reported: set[tuple[str, str]] = set()
+        self.monitor_raised = 0  # the monitor's per-step findings seen so far
 
     def on_train_start(self, state: TrainState) -> None:
         self.diagnosis.findings += run_check(check_optimizer, state.model, state.optimizer)
         self._announce(self.diagnosis.findings, state)
 
     def after_step(self, state: TrainState) -> None:
+        """The monitor's judgement every `monitor.every` steps, and at once on a step where its per-step checks
+        raised something (a NaN loss at step 20 is printed at step 20, not at step 100 or after the run)."""
         monitor = self.diagnosis.monitor
-        if monitor is not None and state.step % monitor.every == 0:
+        if monitor is None:
+            return
+        raised = monitor.raised
+        if state.step % monitor.every == 0 or raised > self.monitor_raised:
+            self.monitor_raised = raised
             self._announce(monitor.findings(), state)
 
     def _announce(self, findings: Sequence[Finding], state: TrainState) -> None:

@@ -40,6 +40,7 @@ from visiondoctor.data.synth import ensure_synthetic
 from visiondoctor.engine import distributed as dist_utils
 from visiondoctor.engine.callbacks import Callback
 from visiondoctor.engine.checkpoint import load_latest
+from visiondoctor.engine.tensorboard import TensorBoardLogger
 from visiondoctor.engine.trainer import (
     LossFn,
     Trainer,
@@ -57,6 +58,8 @@ from visiondoctor.rundir import VAL_SPLIT, RunDir, split_file, unused_run_dir
 from visiondoctor.tasks.diagnosis import RunDiagnosis, data_findings
 
 log = logging.getLogger(__name__)
+# The report's worst-first galleries (report/gallery.py, report/segmentation_sections.py): TensorBoard shows them too.
+PREDICTION_PLOTS = ("predictions.png", "segmentation_worst.png")
 
 
 class TaskData(Protocol):
@@ -302,14 +305,29 @@ def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Cal
         evaluate_fn=lambda m: task.evaluate(m, data, "val", cfg, device), primary_metric=task.primary_metric,
         resume=resume)
     if main:
-        final = best_weights(run, trainer.eval_model, device)
-        task.evaluate(final, data, "val", cfg, device, run)
-        doctor.after_evaluation(run, task.primary_metric)
-        task.after_evaluation(run, final, data, cfg, device, "val")
-        write_train_result(run, result, trainer)
-        build_report(run)
+        try:
+            final = best_weights(run, trainer.eval_model, device)
+            task.evaluate(final, data, "val", cfg, device, run)
+            findings = doctor.after_evaluation(run, task.primary_metric)
+            task.after_evaluation(run, final, data, cfg, device, "val")
+            write_train_result(run, result, trainer)
+            build_report(run)
+            if trainer.tensorboard is not None:
+                evaluation_to_tensorboard(trainer.tensorboard, run, findings, result.steps)
+        finally:
+            if trainer.tensorboard is not None:
+                trainer.tensorboard.close()
     dist_utils.barrier()
     return run
+
+
+def evaluation_to_tensorboard(board: TensorBoardLogger, run: RunDir, findings: Sequence[dict[str, Any]],
+                              step: int) -> None:
+    """The doctor's findings (a table, `doctor/findings`) and the report's worst-first predictions (images,
+    `predictions/<i>`) in the run's TensorBoard, at its last step."""
+    board.add_findings(findings, step)
+    board.add_images("predictions", [path for path in (run.plots / name for name in PREDICTION_PLOTS)
+                                     if path.is_file()], step)
 
 
 # ----- a finished run ---------------------------------------------------------------------------------

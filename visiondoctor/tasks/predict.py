@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
-from rich.progress import Progress
 from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from visiondoctor.data.images import load_rgb
 from visiondoctor.data.samples import CategoryMap
+from visiondoctor.engine.progress import track
 from visiondoctor.engine.trainer import resolve_device
 from visiondoctor.rundir import RunDir, write_json_atomic
 from visiondoctor.tasks.export import OnnxDetector, OnnxSegmenter, SegmentationLogits, export_run
@@ -217,21 +217,20 @@ def load_predictor(run: RunDir, runtime: str = "pytorch", threshold: float = 0.5
 def predict_images(predictor: Predictor, images: Sequence[Path], out: Path, batch_size: int = 1,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Annotate `images` in batches of `batch_size`: <out>/<stem>.png (and masks/<stem>.png for a
-    segmentation run); returns their JSON records."""
+    segmentation run); returns their JSON records. `progress`: a transient bar, on a terminal or in a
+    notebook only (engine.progress.track)."""
     results: list[dict[str, Any]] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("predicting", total=len(images))
-        for start in range(0, len(images), max(1, batch_size)):
-            paths = images[start:start + max(1, batch_size)]
-            for path, prediction in zip(paths, predictor([load_rgb(p) for p in paths])):
-                write_png(prediction.image, str(out / f"{path.stem}.png"))
-                record = {"file": str(path), **prediction.record}
-                if prediction.mask is not None:
-                    (out / "masks").mkdir(exist_ok=True)
-                    write_png(prediction.mask[None], str(out / "masks" / f"{path.stem}.png"))
-                    record["mask"] = f"masks/{path.stem}.png"
-                results.append(record)
-            bar.advance(task, len(paths))
+    step = max(1, batch_size)
+    batches = [images[start:start + step] for start in range(0, len(images), step)]
+    for paths in track(batches, f"predicting {len(images)} images", enabled=progress):
+        for path, prediction in zip(paths, predictor([load_rgb(p) for p in paths])):
+            write_png(prediction.image, str(out / f"{path.stem}.png"))
+            record = {"file": str(path), **prediction.record}
+            if prediction.mask is not None:
+                (out / "masks").mkdir(exist_ok=True)
+                write_png(prediction.mask[None], str(out / "masks" / f"{path.stem}.png"))
+                record["mask"] = f"masks/{path.stem}.png"
+            results.append(record)
     return results
 
 

@@ -16,13 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from visiondoctor.data.video_io import (
     VIDEO_SUFFIXES,
@@ -33,6 +26,7 @@ from visiondoctor.data.video_io import (
     read_frames,
     video_info,
 )
+from visiondoctor.engine.progress import track
 from visiondoctor.rundir import RunDir, write_json_atomic
 from visiondoctor.tasks.predict import (
     Predictor,
@@ -55,22 +49,18 @@ class VideoPrediction:
     mean_fps: float
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), disable=not enabled)
-
-
 def annotate_video(predictor: Predictor, video_path: Path, out_path: Path, threshold: float, progress: bool = True,
                    runtime: str = "pytorch") -> VideoPrediction:
-    """Predict on every frame of `video_path`; write the annotated video and its per-frame JSON."""
+    """Predict on every frame of `video_path`; write the annotated video and its per-frame JSON.
+    `progress`: a transient bar over the frames, on a terminal or in a notebook only."""
     info = video_info(video_path)
     json_path = out_path.with_suffix(".json")
     frames: list[dict[str, Any]] = []
     window: deque[float] = deque(maxlen=FPS_WINDOW)
     started = last = time.perf_counter()
-    with VideoWriter(out_path, info.fps) as writer, _progress(progress) as bar:
-        task = bar.add_task(video_path.name, total=info.frames, fps=0.0)
-        for index, frame in enumerate(read_frames(video_path)):
+    with VideoWriter(out_path, info.fps) as writer:
+        for index, frame in enumerate(track(read_frames(video_path), f"predicting {video_path.name}",
+                                            total=info.frames, enabled=progress)):
             (prediction,) = predictor([frame])
             now = time.perf_counter()
             window.append(now - last)
@@ -79,7 +69,6 @@ def annotate_video(predictor: Predictor, video_path: Path, out_path: Path, thres
             writer.write(draw_text_box(prediction.image, [(f"{fps:.1f} FPS", None)]))
             frames.append({"frame": index, "time_s": round(index / info.fps, 4),
                            "inference_ms": round(prediction.inference_ms, 2), **prediction.record})
-            bar.update(task, advance=1, fps=fps)
     if not frames:
         raise VideoError(f"{video_path}: no frames decoded")
     mean_fps = len(frames) / max(1e-9, time.perf_counter() - started)
