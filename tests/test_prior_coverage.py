@@ -33,6 +33,7 @@ from visiondoctor.models.anchor_fit import (
 )
 from visiondoctor.models.registry import create_model, get_entry
 from visiondoctor.rundir import RunDir
+from visiondoctor.tasks.export import script_model
 from visiondoctor.tasks.pipeline import load_run_model, prepare_model, prepare_priors, task_for, train
 
 DEFAULT_MODEL = ModelConfig().name
@@ -181,3 +182,13 @@ def test_a_larger_input_is_chosen_when_the_user_fixed_the_level():
     assert chosen["kwargs"] == {"finest_stride": 16} and chosen["image_size"] > cfg.model.image_size
     assert chosen["image_size"] <= 1600 and record["bpr_after"] >= COVERAGE_TARGET  # never beyond the images' size
     assert chosen["relative_cost"] == pytest.approx((chosen["image_size"] / 320) ** 2, rel=0.01)
+
+
+def test_the_finer_level_the_search_may_choose_exports_to_torchscript():
+    """A run whose input search chose finest_stride=8 is exported like any other (the extractor was not
+    scriptable: `export --format torchscript` refused the demo's model too)."""
+    model = create_model(DEFAULT_MODEL, num_classes=3, image_size=96, finest_stride=8).eval()
+    scripted = script_model(model)
+    image = torch.rand(3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(scripted([image])[1][0]["boxes"], model([image])[0]["boxes"])
