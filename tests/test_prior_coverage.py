@@ -192,3 +192,23 @@ def test_the_finer_level_the_search_may_choose_exports_to_torchscript():
     image = torch.rand(3, 96, 96)
     with torch.no_grad():
         assert torch.allclose(scripted([image])[1][0]["boxes"], model([image])[0]["boxes"])
+
+
+def test_the_doctor_finds_the_priors_of_a_model_blind_to_its_input():
+    """A detector trained from scratch starts out all but blind to its input: its decoded boxes and detections are
+    the same for any image. They depend on the weights, priors do not: the doctor finds the priors alone (it used
+    to add the decoded boxes to them, inflating anchors.coverage and misreading the grid as a stride mismatch)."""
+    torch.manual_seed(0)
+    model = create_model(DEFAULT_MODEL, num_classes=3, image_size=96)
+    with torch.no_grad():  # heads that ignore their input: outputs are their biases
+        for head in (model.head.classification_head, model.head.regression_head):
+            for conv in (m for m in head.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None):
+                conv.weight.zero_()
+                conv.bias.uniform_(-1, 1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    found = discover_priors(model, ModelIO("detection").predict, [torch.rand(3, 96, 96) for _ in range(2)])
+    (names, generator), = find_prior_generators(model)
+    priors = generate_priors(generator, measure_prior_grids(model, 96)[names[0]])
+    assert found.boxes.shape == priors.shape
+    assert torch.allclose(found.boxes.sort(dim=0).values, priors.sort(dim=0).values, atol=1e-3)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the nudged weights restored
