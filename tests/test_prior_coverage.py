@@ -34,7 +34,14 @@ from visiondoctor.models.anchor_fit import (
 from visiondoctor.models.registry import create_model, get_entry
 from visiondoctor.rundir import RunDir
 from visiondoctor.tasks.export import script_model
-from visiondoctor.tasks.pipeline import load_run_model, prepare_model, prepare_priors, task_for, train
+from visiondoctor.tasks.pipeline import (
+    load_run_model,
+    prepare_model,
+    prepare_priors,
+    rebuild_run_model,
+    task_for,
+    train,
+)
 
 DEFAULT_MODEL = ModelConfig().name
 OFFLINE = ["model.pretrained=false", "model.pretrained_backbone=false"]
@@ -212,3 +219,17 @@ def test_the_doctor_finds_the_priors_of_a_model_blind_to_its_input():
     assert found.boxes.shape == priors.shape
     assert torch.allclose(found.boxes.sort(dim=0).values, priors.sort(dim=0).values, atol=1e-3)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the nudged weights restored
+
+
+def test_the_model_rebuilt_for_the_chosen_input_keeps_the_weights_the_first_build_found(caplog):
+    """Offline, the first build fell back to no weights and said so once; the rebuild asks for none and keeps
+    that record."""
+    cfg = load_config(None, ["model.kwargs={finest_stride: 8}"])  # pretrained by default
+    first = {"used": "none", "source": "random initialisation (whole-model weights: download failed)",
+             "requested": {"pretrained": True, "pretrained_backbone": True}, "fallback": ["download failed"],
+             "not_loaded": []}
+    categories = {"names": ["a", "b"], "dataset_ids": [1, 2], "background": True}
+    with caplog.at_level("INFO"):
+        model, record = rebuild_run_model(task_for(cfg), cfg, categories, None, first)
+    assert record == first and not caplog.records
+    assert len(model.anchor_generator.aspect_ratios) == 7  # the stride-8 level is there

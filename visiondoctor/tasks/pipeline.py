@@ -239,14 +239,14 @@ def build_run_model(task: Task, cfg: Config, categories: dict[str, Any],
 def rebuild_run_model(task: Task, cfg: Config, categories: dict[str, Any], run: RunDir | None,
                       first: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The model built again (for another input) with the weights the first build found, `first` being its
-    weights.json record: no second download attempt nor fallback line. The record keeps what was asked for and
-    why it fell back."""
+    weights.json record: no second download attempt nor fallback line. The record stays the first's (what was
+    asked for, what was used and why), with the tensors this model did not get from them."""
     if cfg.model.weights or first.get("used") not in ("pretrained", "pretrained_backbone", "none"):
         return build_run_model(task, cfg, categories, run)
     used = first["used"]
     model, weights = build_run_model(task, with_weights_flags(cfg, used == "pretrained", used == "pretrained_backbone"),
                                      categories, run)
-    return model, {**weights, "requested": first.get("requested"), "fallback": first.get("fallback", [])}
+    return model, {**first, "not_loaded": weights.get("not_loaded", [])}
 
 
 def prepare_model(task: Task, cfg: Config, data: TaskData, categories: dict[str, Any], run: RunDir,
