@@ -95,22 +95,66 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # The dotted keys the user gave (a config file, flags, overrides: whatever `config_from_dict` read), so that a
+    # setting a run may choose by measurement (model.image_size when the priors cannot reach the boxes) is chosen
+    # only where the user left it to the defaults. Not a setting: never read from nor written to YAML.
+    user_set: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False,
+                                     metadata={"internal": True})
 
     @property
     def run_path(self) -> Path:
         return Path(self.output_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                values.pop(f.name)
+        return values
+
+    def is_user_set(self, key: str) -> bool:
+        """Whether the user chose the dotted `key` ("model.image_size", "model.kwargs.finest_stride"): given in the
+        file or on the command line (even at its default value), inside a mapping given whole, or holding a value
+        other than the default (a Config built in code)."""
+        if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in self.user_set):
+            return True
+        return _lookup(self, key) != _lookup(Config(), key)
 
 
 class ConfigError(ValueError):
     pass
 
 
+_MISSING = object()
+
+
+def _lookup(node: Any, key: str) -> Any:
+    """The value at a dotted key through dataclasses and mappings (_MISSING where there is none)."""
+    for part in key.split("."):
+        if dataclasses.is_dataclass(node):
+            node = getattr(node, part, _MISSING)
+        elif isinstance(node, dict):
+            node = node.get(part, _MISSING)
+        else:
+            return _MISSING
+    return node
+
+
+def _dotted_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of a nested mapping's leaves ({"model": {"image_size": 1, "kwargs": {}}} ->
+    {"model.image_size", "model.kwargs"}: an empty mapping is a leaf)."""
+    keys = set()
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + str(key))
+    return keys
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
@@ -152,7 +196,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values or {}, "config")
+    """The Config these (nested) values set, remembering which keys they gave (Config.is_user_set)."""
+    return dataclasses.replace(_build(Config, values or {}, "config"), user_set=frozenset(_dotted_keys(values or {})))
 
 
 class ConfigLoader(yaml.SafeLoader):

@@ -1,13 +1,15 @@
 """Find a detector's priors (anchors, default boxes) by measurement, whatever holds them.
 
-Priors are the box sets a detector's forward uses that do not depend on the image: a registered
-buffer, a plain tensor attribute, the output of an anchor module or of a helper function called in
-forward all qualify. `discover_priors` runs two eval forwards on images of the same size but
-different content, records every [N, 4] tensor that flows through an op (inputs and outputs, seen
-at the dispatcher) and is not computed from the images' values (data flow is followed op by op, so
-boxes decoded by an untrained head whose deltas happen to be constant are not taken for priors),
-and keeps those identical in both runs that look like a set of boxes covering the image: the
-priors, in the frame of the image the first convolution sees (or normalised to it).
+Priors are the box sets a detector's forward uses that depend neither on the image nor on the
+weights: a registered buffer, a plain tensor attribute, the output of an anchor module or of a helper
+function called in forward all qualify. `discover_priors` runs three eval forwards — on the images,
+on images of the same size but different content, and on the images with the trainable weights
+nudged — records every [N, 4] tensor that flows through an op (inputs and outputs, seen at the
+dispatcher) and is not computed from the images' values (data flow is followed op by op), and keeps
+those identical in all three that look like a set of boxes covering the image: the priors, in the
+frame of the image the first convolution sees (or normalised to it). Both tests matter at
+initialisation: a network trained from scratch can start out all but blind to its input, so that its
+decoded boxes and detections too come out the same for any image.
 
 What priors are made of is then measured too: the grid their centres tile (spacing, extent), their
 sizes, and whether they are a point grid (one prior per cell, as large as the cell: anchor-free
@@ -16,7 +18,8 @@ detectors such as FCOS keep one for their centre sampling; IoU coverage does not
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,7 @@ from visiondoctor.doctor import hooks
 
 MIN_PRIORS = 8  # fewer than this is a constant (clip bounds, a mean), not a prior set
 MAX_PRIORS = 2_000_000
+WEIGHT_NUDGE = 0.01  # relative change of each trainable weight tensor in the third forward
 
 
 # Ops whose output depends on an input's shape, dtype or device only, never on its values.
@@ -170,15 +174,36 @@ def _record(model: nn.Module, predict: Any, images: Any) -> tuple[list[torch.Ten
     return rec.tensors, feats.reference_hw
 
 
+@contextmanager
+def _nudged_weights(model: nn.Module, scale: float = WEIGHT_NUDGE) -> Iterator[None]:
+    """The trainable weights moved by seeded noise of `scale` times each tensor's mean magnitude, restored after."""
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
+    saved = [p.detach().clone() for p in params]
+    generator = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            for p in params:
+                noise = torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype)
+                p.add_(noise * (float(p.abs().mean()) * scale + 1e-3))
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+
+
 def discover_priors(model: nn.Module, predict: Any, images: Sequence[torch.Tensor] | torch.Tensor) -> Priors | None:
     """The model's priors (None when its forward uses none): `predict(model, images)` runs one eval forward."""
     with hooks.preserved_state(model):
         model.eval()
         first, frame = _record(model, predict, images)
-        second, _ = _record(model, predict, _perturbed(images))
+        other_images, _ = _record(model, predict, _perturbed(images))
+        with _nudged_weights(model):
+            other_weights, _ = _record(model, predict, images)
     if frame is None:
         return None
-    constant = [t for t in first if any(s.shape == t.shape and torch.equal(s, t) for s in second)]
+    constant = [t for t in first if all(any(s.shape == t.shape and torch.equal(s, t) for s in other)
+                                        for other in (other_images, other_weights))]
     found = [b for b in (_as_xyxy(t, frame) for t in constant) if b is not None and _tiles(b[0])]
     if not found:
         return None

@@ -19,9 +19,15 @@ early-exit exits), measures the grid a training step calls each one on, judges t
 the training boxes in the model's input frame (`best_possible_recall`, the number the doctor's
 anchors.coverage reports) and, below REFIT_BELOW, refits them with as many priors per position,
 so the heads stay valid. Its record (priors.json in a run) is what `apply_priors` rebuilds.
+
+`fit_input_to_priors` goes one step further when even the refitted priors miss COVERAGE_TARGET (boxes
+small against the finest stride, which no prior shape reaches): it measures the options that bring
+them within reach — a finer level where the builder offers one, larger inputs up to the images' own
+size — each with its own fit, cheapest (FLOPs) first, and names the first that reaches the target.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
@@ -61,7 +67,7 @@ def anchor_quality(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Seq
     if boxes.numel() == 0:
         return float("nan"), float("nan")
     best = best_anchor_iou(sizes, aspect_ratios, feature_hw, image_hw, boxes)
-    return float((best >= iou_threshold).float().mean()), float(best.mean())
+    return reached_share(best, iou_threshold), float(best.mean())
 
 
 def best_anchor_iou(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
@@ -183,6 +189,9 @@ PRIOR_TYPES = (AnchorGenerator, DefaultBoxGenerator)
 REFIT_BELOW = 0.98  # YOLOv5 / Ultralytics autoanchor: refit when fewer than 98 % of the boxes are reachable
 IOU_THRESHOLD = 0.5  # SSD's and RetinaNet's positive threshold; the doctor's anchors.coverage uses it too
 SEARCH_BOXES = 1000  # boxes the prior search scores candidates on (the result is judged on all of them)
+# The share of the boxes the priors must reach for the input to be kept as configured: the doctor's anchors.coverage
+# warns when more than 10 % of the boxes have no prior at IoU 0.4, so a run below 90 % at IoU 0.5 starts warned.
+COVERAGE_TARGET = 0.9
 
 
 @dataclass(frozen=True)
@@ -201,12 +210,20 @@ def max_iou(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, chunk: int = 10
     return torch.cat([box_iou(boxes[i:i + chunk], priors).max(dim=1).values for i in range(0, boxes.shape[0], chunk)])
 
 
+def reached_share(best_iou: torch.Tensor, iou: float = IOU_THRESHOLD) -> float:
+    """The best possible recall from each box's best prior IoU ([N]): the share at or above `iou`. The one
+    definition the fit (here) and the doctor's anchors.coverage both report. NaN without boxes."""
+    if best_iou.numel() == 0:
+        return float("nan")
+    return float((best_iou >= iou).float().mean())
+
+
 def best_possible_recall(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, iou: float = IOU_THRESHOLD) -> float:
     """Best possible recall: the share of boxes that some prior overlaps at IoU >= `iou` (both [.., 4] xyxy in the
     frame the priors live in, the model's input). NaN without boxes. Works on any set of priors."""
     if boxes_xyxy.numel() == 0:
         return float("nan")
-    return float((max_iou(priors_xyxy, boxes_xyxy) >= iou).float().mean())
+    return reached_share(max_iou(priors_xyxy, boxes_xyxy), iou)
 
 
 def positives_per_box(priors_xyxy: torch.Tensor, boxes_xyxy: torch.Tensor, iou: float = IOU_THRESHOLD,
@@ -283,7 +300,7 @@ def prior_quality(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor,
         return float("nan"), float("nan")
     generator = make_generator(params)
     best = grid_best_iou(generate_priors(generator, grid), generator.num_anchors_per_location(), grid, boxes)
-    return float((best >= iou).float().mean()), float(best.mean())
+    return reached_share(best, iou), float(best.mean())
 
 
 def _relative_sides(boxes: torch.Tensor, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -356,10 +373,10 @@ def search_sample(boxes: torch.Tensor, most: int = SEARCH_BOXES) -> torch.Tensor
 
 
 def fit_prior_params(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor,
-                     iou: float = IOU_THRESHOLD) -> dict[str, Any] | None:
+                     iou: float = IOU_THRESHOLD, search_boxes: int = SEARCH_BOXES) -> dict[str, Any] | None:
     """Refitted arguments for one generator (same number of priors per position), or None when it cannot be
-    fitted; searched on `search_sample(boxes)`."""
-    boxes = search_sample(boxes)
+    fitted; searched on `search_sample(boxes, search_boxes)`."""
+    boxes = search_sample(boxes, search_boxes)
     if params["kind"] == "default_boxes":
         return _fit_default_boxes(params, grid, boxes, iou)
     return _fit_anchor_generator(params, grid, boxes, iou)
@@ -461,7 +478,8 @@ def _judge(params: dict[str, Any], grid: PriorGrid, boxes: torch.Tensor, iou: fl
 
 
 def fit_model_priors(model: nn.Module, records: Sequence, image_size: int, *, refit: bool = True,
-                     refit_below: float = REFIT_BELOW, iou: float = IOU_THRESHOLD) -> dict[str, Any] | None:
+                     refit_below: float = REFIT_BELOW, iou: float = IOU_THRESHOLD,
+                     search_boxes: int = SEARCH_BOXES) -> dict[str, Any] | None:
     """Measure the best possible recall of every prior generator of `model` on the boxes of `records` (in the
     model's input frame, on the grid a training step uses) and, with `refit`, replace the generators below
     `refit_below` by refitted ones with as many priors per position (the heads stay valid) when that raises
@@ -486,7 +504,7 @@ def fit_model_priors(model: nn.Module, records: Sequence, image_size: int, *, re
                  **{f"{k}_before": v for k, v in _judge(params, grid, boxes, iou).items()}}
         after, judged = params, {k: entry[f"{k}_before"] for k in ("bpr", "mean_best_iou", "positives_per_box")}
         if refit and entry["bpr_before"] < refit_below:
-            fitted = fit_prior_params(params, grid, boxes, iou)
+            fitted = fit_prior_params(params, grid, boxes, iou, search_boxes)
             if fitted is not None:
                 trial = _judge(fitted, grid, boxes, iou)
                 if (trial["bpr"], trial["mean_best_iou"]) > (judged["bpr"], judged["mean_best_iou"]):
@@ -516,7 +534,8 @@ def _note(record: dict[str, Any], refit: bool, refit_below: float) -> str:
     return f"priors kept: no refit raised the best possible recall ({before:.1%}) on this grid"
 
 
-def _grid_limit(record: dict[str, Any], boxes: torch.Tensor, grids: Sequence[PriorGrid], good: float = 0.9) -> str:
+def _grid_limit(record: dict[str, Any], boxes: torch.Tensor, grids: Sequence[PriorGrid],
+                good: float = COVERAGE_TARGET) -> str:
     """When the BPR stays low, how much of it the grid itself forbids: a box under 1.5x the finest stride mostly
     falls between prior centres (IoU < 0.5 whatever the prior's shape at an offset of half a stride)."""
     if record["bpr_after"] >= good:
@@ -552,3 +571,129 @@ def apply_priors(model: nn.Module, record: dict[str, Any]) -> int:
         _replace_generator(model, by_any_name[name], new)
         replaced += 1
     return replaced
+
+
+# ----- the input the priors are laid on: changed when no fit of the priors reaches the boxes -----------------------
+#
+# Refitting cannot place priors between the centres of the finest grid: a box much smaller than the finest stride is
+# out of reach at IoU 0.5 whatever the priors' shapes. Two changes bring such boxes within reach — a finer level
+# (for builders that offer one) or a larger input — and both cost compute. `fit_input_to_priors` measures each
+# option's coverage after its own fit, cheapest first, and takes the first that reaches COVERAGE_TARGET.
+
+SIZE_STEP = 1.25  # the larger inputs tried grow by this factor in side (about 1.56x the compute per step)
+SIZE_MULTIPLE = 32  # and are multiples of this (the coarsest strides of the registry's models divide it)
+OPTION_SEARCH_BOXES = 300  # boxes each option's prior search scores on (its coverage is judged on all of them)
+OPTION_ERRORS = (ValueError, RuntimeError, TypeError)  # what a builder raises for arguments it does not take
+
+
+@dataclass(frozen=True)
+class InputOption:
+    """One way to build the model: its input size (model.image_size) and builder keyword arguments (model.kwargs)."""
+
+    image_size: int
+    kwargs: dict[str, Any]
+
+    def changes(self, start: InputOption) -> list[str]:
+        """The settings that differ from `start`, as `key=value` (config keys)."""
+        out = [f"model.image_size={self.image_size}"] if self.image_size != start.image_size else []
+        return out + [f"model.kwargs.{k}={v}" for k, v in sorted(self.kwargs.items()) if k not in start.kwargs
+                      or start.kwargs[k] != v]
+
+
+def native_input_size(records: Sequence) -> int:
+    """The median longer side of the records' images: the input size at which the model sees them unscaled (a
+    larger input adds no detail, only compute)."""
+    return int(np.median([max(r.width, r.height) for r in records])) if records else 0
+
+
+def larger_input_sizes(image_size: int, cap: int, step: float = SIZE_STEP, multiple: int = SIZE_MULTIPLE) -> list[int]:
+    """Input sizes above `image_size` up to `cap`, each `step` times the last (rounded to `multiple`), and `cap`
+    itself (rounded down) when it lies beyond the last step."""
+    sizes: list[int] = []
+    side = float(image_size)
+    while True:
+        side *= step
+        size = round(side / multiple) * multiple
+        if size > cap:
+            break
+        if size > (sizes[-1] if sizes else image_size):
+            sizes.append(size)
+    top = cap // multiple * multiple
+    if top > (sizes[-1] if sizes else image_size):
+        sizes.append(top)
+    return sizes
+
+
+def finer_level_kwargs(builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Builder keyword arguments that add a finer prior level: a builder with a `finest_stride` parameter (the
+    registry's SSDLite builders) gets it halved; none for a builder without one. A value the builder refuses is
+    found when the option is built."""
+    param = inspect.signature(builder).parameters.get("finest_stride")
+    current = kwargs.get("finest_stride", param.default if param is not None else None)
+    if not isinstance(current, int) or current < 2:
+        return []
+    return [{**kwargs, "finest_stride": current // 2}]
+
+
+def fit_input_to_priors(build: Callable[[InputOption], nn.Module], records: Sequence, start: InputOption,
+                        start_bpr: float, options: Sequence[InputOption],
+                        cost: Callable[[nn.Module, int], float | None], *, kept: Sequence[str] = (),
+                        target: float = COVERAGE_TARGET) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """When the priors refitted at the configured input (`start`, best possible recall `start_bpr`) miss the
+    target: each of `options` built (`build`, no weights needed: only its grid and priors are measured) and its
+    priors fitted as `fit_model_priors` does, in order of compute per image, until one reaches `target`.
+
+    The compute of an option is `cost(model, image_size)` (FLOPs of a forward) of its builder arguments at the start
+    size, times the ratio of input areas (a convolutional network's compute grows with the area). Returns the
+    record of the search (priors.json's "input": what was tried, at what relative cost, with what coverage, what
+    was chosen and why; `kept`: the settings the user fixed, named in the note) and the chosen option's
+    `fit_model_priors` record (None: the configured input stays)."""
+    section: dict[str, Any] = {"target": target, "start": {**asdict(start), "bpr": start_bpr}, "user_set": list(kept),
+                               "tried": [], "chosen": None}
+    flops: dict[str, float | None] = {}
+
+    def at_start_size(kwargs: dict[str, Any]) -> float | None:
+        key = repr(sorted(kwargs.items()))
+        if key not in flops:
+            try:
+                flops[key] = cost(build(InputOption(start.image_size, kwargs)), start.image_size)
+            except OPTION_ERRORS:
+                flops[key] = None  # the option's own build says why, below
+        return flops[key]
+
+    def relative(option: InputOption) -> float:
+        own, ref = at_start_size(option.kwargs), at_start_size(start.kwargs)
+        return (own / ref if own and ref else 1.0) * (option.image_size / start.image_size) ** 2  # unknown: area only
+
+    ranked = sorted(((relative(o), o) for o in options), key=lambda c: (c[0], c[1].image_size))
+    chosen = None
+    for rel, option in ranked:
+        entry: dict[str, Any] = {**asdict(option), "changes": option.changes(start), "relative_cost": round(rel, 2)}
+        try:
+            record = fit_model_priors(build(option), records, option.image_size, search_boxes=OPTION_SEARCH_BOXES)
+        except OPTION_ERRORS as exc:  # a builder that refuses the option: not an option
+            section["tried"].append({**entry, "error": f"{exc.__class__.__name__}: {exc}"})
+            continue
+        entry["bpr"] = record.get("bpr_after") if record else None
+        section["tried"].append(entry)
+        if entry["bpr"] is not None and entry["bpr"] >= target:
+            section["chosen"], chosen = entry, record
+            break
+    section["note"] = _input_note(section, start_bpr, target)
+    return section, chosen
+
+
+def _input_note(section: dict[str, Any], start_bpr: float, target: float) -> str:
+    kept = "".join(f"; {k} kept as the user set it" for k in section["user_set"])
+    chosen = section["chosen"]
+    if chosen is not None:
+        return (f"input changed so the priors reach the boxes: {', '.join(chosen['changes'])} "
+                f"({chosen['relative_cost']:.2f}x the compute per image): best possible recall {start_bpr:.1%} with "
+                f"the priors refitted at the configured input, {chosen['bpr']:.1%} with the change (target "
+                f"{target:.0%}){kept}")
+    measured = [t for t in section["tried"] if t.get("bpr") is not None]
+    if not measured:
+        return f"input kept: best possible recall {start_bpr:.1%} < {target:.0%}, and no other input to try{kept}"
+    best = max(measured, key=lambda t: (t["bpr"], -t["relative_cost"]))
+    return (f"input kept: best possible recall {start_bpr:.1%} < {target:.0%}, and no input tried reaches it (best: "
+            f"{', '.join(best['changes'])}, {best['bpr']:.1%} at {best['relative_cost']:.2f}x the compute){kept}")

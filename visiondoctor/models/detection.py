@@ -224,10 +224,13 @@ class Stride8SSDLiteExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs = []
-        for block in [*self.features, *self.extra]:
+        for block in self.features:  # two loops, as torchvision's extractor has them: TorchScript iterates
+            x = block(x)             # a module container, not a list built from two
+            outputs.append(x)
+        for block in self.extra:
             x = block(x)
             outputs.append(x)
-        return OrderedDict((str(i), v) for i, v in enumerate(outputs))
+        return OrderedDict([(str(i), v) for i, v in enumerate(outputs)])
 
 
 def _with_stride8_level(model: nn.Module, norm_layer: Callable[..., nn.Module]) -> None:

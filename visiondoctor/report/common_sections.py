@@ -78,9 +78,15 @@ def _priors_text(record: Any) -> str | None:
         return str(record.get("note", "not measured"))
     where = (f"IoU >= {record.get('iou_threshold', 0.5)}, {record.get('num_boxes', '?')} training boxes in the "
              "model's input frame")
+    searched = record.get("input") if isinstance(record.get("input"), dict) else {}
+    if searched.get("chosen") and after is not None:  # the input changed: the note says what, at what cost, and why
+        done = "the priors were refitted on a changed input" if record.get("refit") else "the input changed"
+        return f"{before:.1%} before, {after:.1%} after {done} ({where}); {searched.get('note', '')}"
     if record.get("refit") and after is not None:
-        return f"{before:.1%} before, {after:.1%} after the priors were refitted ({where})"
-    return f"{before:.1%} ({where}); {record.get('note', '')}"
+        text = f"{before:.1%} before, {after:.1%} after the priors were refitted ({where})"
+    else:
+        text = f"{before:.1%} ({where}); {record.get('note', '')}"
+    return f"{text}; {searched['note']}" if searched.get("note") else text
 
 
 def _evaluations(run: RunDir, shown: Any) -> list[Any]:

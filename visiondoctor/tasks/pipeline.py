@@ -13,7 +13,9 @@ the registry, a feature package registers its own when it is imported.
 What a run starts from is recorded so any later command rebuilds the same model: `weights.json`
 (which weights were loaded: whole-model, backbone, a local file, or none and why) and, for
 detectors with anchors or default boxes, `priors.json` (their best possible recall on the training
-boxes before and after the fit, and the refitted generator arguments that `load_run_model` applies).
+boxes before and after the fit, and the refitted generator arguments that `load_run_model` applies; when the
+fit alone leaves them short, the input the run changed to - a finer level, a larger model.image_size, never a
+setting the user gave - and config.yaml is written as the model was built).
 A new run never writes into an older one's folder (`name-2`, ... unless resuming or `exist_ok`),
 and an evaluation of a split other than val writes its files under the split's names (rundir.split_file).
 """
@@ -49,7 +51,17 @@ from visiondoctor.engine.trainer import (
     resolve_device,
 )
 from visiondoctor.findings import Finding
-from visiondoctor.models.anchor_fit import apply_priors, fit_model_priors
+from visiondoctor.evaluation.speed import count_flops, example_image
+from visiondoctor.models.anchor_fit import (
+    COVERAGE_TARGET,
+    InputOption,
+    apply_priors,
+    finer_level_kwargs,
+    fit_input_to_priors,
+    fit_model_priors,
+    larger_input_sizes,
+    native_input_size,
+)
 from visiondoctor.models.detection import load_weights_file, resolve_weights
 from visiondoctor.models.registry import available_models, get_entry
 from visiondoctor.registry import Registry
@@ -243,32 +255,112 @@ def build_run_model(task: Task, cfg: Config, categories: dict[str, Any],
                            cfg.model.name, cfg.model.pretrained, cfg.model.pretrained_backbone)
 
 
+def rebuild_run_model(task: Task, cfg: Config, categories: dict[str, Any], run: RunDir | None,
+                      first: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model built again (for another input) with the weights the first build found, `first` being its
+    weights.json record: no second download attempt nor fallback line. The record stays the first's (what was
+    asked for, what was used and why), with the tensors this model did not get from them."""
+    if cfg.model.weights or first.get("used") not in ("pretrained", "pretrained_backbone", "none"):
+        return build_run_model(task, cfg, categories, run)
+    used = first["used"]
+    model, weights = build_run_model(task, with_weights_flags(cfg, used == "pretrained", used == "pretrained_backbone"),
+                                     categories, run)
+    return model, {**first, "not_loaded": weights.get("not_loaded", [])}
+
+
+def prepare_model(task: Task, cfg: Config, data: TaskData, categories: dict[str, Any], run: RunDir,
+                  resume: bool = False) -> tuple[Config, nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """The run's model with its weights and its priors judged on the training data (prepare_priors), and the
+    config it is built from: the configured one, or one whose input the prior fit changed (a finer level, a larger
+    model.image_size), as priors.json records. A resumed run that has priors.json is rebuilt as it records.
+    Returns (config, model, weights.json's record, priors.json's record or None)."""
+    recorded = run.read_json(run.priors.name) if resume and run.priors.exists() else None
+    if recorded is not None:
+        resumed = with_prior_input(cfg, recorded)  # priors.json wins: the checkpoints were trained on that model
+        if resumed is not cfg:
+            log.info("resuming with the input priors.json records: %s", ", ".join(recorded["input"]["chosen"]["changes"]))
+        cfg = resumed
+    model, weights = build_run_model(task, cfg, categories, run)
+    if recorded is not None:
+        apply_priors(model, recorded)
+        return cfg, model, weights, recorded
+    priors = prepare_priors(task, model, data, cfg, run, categories)
+    chosen = with_prior_input(cfg, priors)
+    if chosen is not cfg:  # every rank builds the model of the chosen input
+        cfg = chosen
+        model, weights = rebuild_run_model(task, cfg, categories, run, weights)
+    if priors is not None:
+        apply_priors(model, priors)  # (rank 0's model, when not rebuilt, has them already: applying is idempotent)
+    return cfg, model, weights, priors
+
+
+def with_prior_input(cfg: Config, record: dict[str, Any] | None) -> Config:
+    """cfg with the input priors.json's search chose (model.image_size, model.kwargs); cfg itself when none."""
+    chosen = ((record or {}).get("input") or {}).get("chosen")
+    if not chosen:
+        return cfg
+    if (chosen["image_size"], chosen["kwargs"]) == (cfg.model.image_size, cfg.model.kwargs):
+        return cfg
+    return replace(cfg, model=replace(cfg.model, image_size=int(chosen["image_size"]), kwargs=dict(chosen["kwargs"])))
+
+
 def prepare_priors(task: Task, model: nn.Module, data: TaskData, cfg: Config, run: RunDir,
-                   resume: bool = False) -> dict[str, Any] | None:
+                   categories: dict[str, Any]) -> dict[str, Any] | None:
     """The priors (anchors, default boxes) of a detector judged on the training boxes and refitted below the
-    threshold (model.auto_priors); a resumed run that has priors.json gets those. Rank 0 fits, the other ranks
-    apply its result. None when the model has no priors (or the task no boxes)."""
-    if resume and run.priors.exists():
-        record = run.read_json(run.priors.name)
-        apply_priors(model, record)
-        return record
+    threshold (model.auto_priors); when even the fit leaves them short of COVERAGE_TARGET, the input is searched
+    (search_prior_input). Rank 0 measures, every rank gets its record (None when the model has no priors or the
+    task no boxes); the caller applies it."""
     if task.contract != "detection":
         return None
     record = None
     if dist_utils.is_main():
+        records = data.split("train").records
         try:
-            record = fit_model_priors(model, data.split("train").records, cfg.model.image_size,
-                                      refit=cfg.model.auto_priors)
+            record = fit_model_priors(model, records, cfg.model.image_size, refit=cfg.model.auto_priors)
         except Exception as exc:  # a model the probe step cannot run keeps its priors; the run goes on
             log.warning("priors not measured (%s: %s): kept as built", exc.__class__.__name__, exc)
             record = {"refit": False, "note": f"not measured ({exc.__class__.__name__}: {exc}): priors kept as built"}
         if record is not None and "bpr_before" in record:
             log.info("%s (%d training boxes, IoU %.1f, in the model's %d px input)", record["note"],
                      record["num_boxes"], record["iou_threshold"], cfg.model.image_size)
-    record = dist_utils.broadcast_object(record)
-    if record is not None and not dist_utils.is_main():
-        apply_priors(model, record)
-    return record
+            if cfg.model.auto_priors and record["bpr_after"] < COVERAGE_TARGET:
+                try:
+                    record = search_prior_input(task, cfg, categories, run, records, record)
+                except Exception as exc:  # the input search is an improvement, never a reason to stop the run
+                    log.warning("input search failed (%s: %s): input kept", exc.__class__.__name__, exc)
+    return dist_utils.broadcast_object(record)
+
+
+def search_prior_input(task: Task, cfg: Config, categories: dict[str, Any], run: RunDir, records: Sequence,
+                       record: dict[str, Any]) -> dict[str, Any]:
+    """The priors' record with the input search added (priors.json's "input"): the options the user left open —
+    a finer level where the model's builder offers one (model.kwargs.finest_stride), larger inputs up to the
+    images' own size (model.image_size) — measured cheapest first; the first whose fitted priors reach
+    COVERAGE_TARGET replaces the record's fit. Settings the user gave are kept and named. One log line."""
+    start = InputOption(cfg.model.image_size, dict(cfg.model.kwargs))
+    kept = [key for key in ("model.image_size", "model.kwargs.finest_stride") if cfg.is_user_set(key)]
+    sizes = [] if "model.image_size" in kept else larger_input_sizes(start.image_size, native_input_size(records))
+    variants = [] if "model.kwargs.finest_stride" in kept else \
+        finer_level_kwargs(get_entry(cfg.model.name).builder, start.kwargs)
+    options = [InputOption(size, kwargs) for size in [start.image_size, *sizes] for kwargs in [start.kwargs, *variants]]
+
+    def build(option: InputOption) -> nn.Module:
+        model_cfg = replace(cfg.model, image_size=option.image_size, kwargs=option.kwargs)
+        with torch.random.fork_rng(devices=[]):  # the run's random state stays as if no option had been built
+            return task.build_model(with_weights_flags(replace(cfg, model=model_cfg), False, False), categories, run)
+
+    section, chosen = fit_input_to_priors(build, records, start, record["bpr_after"], options[1:], forward_flops,
+                                          kept=kept)
+    log.info("%s", section["note"])
+    if chosen is None:
+        return {**record, "input": section}
+    return {**chosen, "bpr_before": record["bpr_before"], "input": section,
+            "note": f"{chosen['note']} (after the input change)"}
+
+
+def forward_flops(model: nn.Module, image_size: int) -> float | None:
+    """FLOPs of one eval forward of `model` on one image_size x image_size image (the options' cost measure)."""
+    return count_flops(model.eval(), [example_image(image_size)])
 
 
 def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Callback] = (),
@@ -284,12 +376,11 @@ def train(task: Task, cfg: Config, resume: bool = False, callbacks: Sequence[Cal
     data = task.load_data(cfg)
     categories = data.categories()
     if main:
-        save_config(cfg, run.config)
         run.write_json("categories.json", categories)
         run.write_json("data_summary.json", data.summary())
-    model, weights = build_run_model(task, cfg, categories, run)
-    priors = prepare_priors(task, model, data, cfg, run, resume)
+    cfg, model, weights, priors = prepare_model(task, cfg, data, categories, run, resume)
     if main:
+        save_config(cfg, run.config)  # as the model was built: the prior fit may have changed its input
         if not (resume and run.weights.exists()):  # a resumed run keeps the record of what it started from
             run.write_json(run.weights.name, weights)
         if priors is not None:

@@ -4,20 +4,21 @@ a matcher picks; whether the loss's assignment follows the objects at all.
 The priors are found by measurement (visiondoctor.doctor.priors), whatever holds them. Best
 possible recall (BPR): the share of ground-truth boxes that some prior overlaps at IoU >= 0.5, the
 positive threshold of SSD and RetinaNet's matchers; a box no prior reaches is learned only through
-a forced low-quality match, or not at all.
+a forced low-quality match, or not at all. It is computed by the same functions as the run's prior fit
+(models.anchor_fit.max_iou, reached_share), so the figure here and priors.json's agree on the same boxes.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
-from torchvision.ops import box_iou
 
 from visiondoctor.doctor.checks import FindingDoc, check
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.doctor.hooks import MatchStats
 from visiondoctor.doctor.priors import Priors, boxes_in_frame
 from visiondoctor.doctor.probe import Observation
+from visiondoctor.models.anchor_fit import IOU_THRESHOLD, max_iou, reached_share
 
 # IoU matchers: at >= 0.5 a prior is a positive (SSD, RetinaNet), below 0.4 (RetinaNet) or 0.3 (RPN) it is
 # background; an object whose best prior lies below these is learned only through a forced match.
@@ -53,7 +54,7 @@ def best_prior_iou(priors: Priors, gt_boxes: list[torch.Tensor]) -> tuple[torch.
     if not boxes:
         return torch.zeros(0), torch.zeros(0, 4)
     gt = torch.cat(boxes)
-    return box_iou(gt, priors.boxes).max(dim=1).values, gt
+    return max_iou(priors.boxes, gt), gt
 
 
 @check("probe", order=20, findings=[FindingDoc(
@@ -64,7 +65,7 @@ def best_prior_iou(priors: Priors, gt_boxes: list[torch.Tensor]) -> tuple[torch.
     needs="the contract only (priors are found in the forward, whatever holds them; none for anchor-free models)",
     severity=f"error when more than half the objects have best IoU < {UNREACHABLE_IOU} (reachable only by forced "
              f"matches); warning when more than {WARN_SHARE:.0%} have best IoU < {NEGATIVE_IOU} (where IoU matchers "
-             "call a prior background)")])
+             "call a prior background); otherwise info, with the measured best possible recall on record")])
 def check_anchor_coverage(obs: Observation) -> list[Finding]:
     """anchors.coverage on the measured priors and the probe batch's boxes."""
     priors = obs.priors
@@ -75,27 +76,36 @@ def check_anchor_coverage(obs: Observation) -> list[Finding]:
         return []
     unreachable = float((best < UNREACHABLE_IOU).float().mean())
     weak = float((best < NEGATIVE_IOU).float().mean())
-    if unreachable <= 0.5 and weak <= WARN_SHARE:
-        return []
     gt_sizes = _sizes(gt)
     prior_sizes = _sizes(priors.boxes)
+    bpr = reached_share(best, IOU_THRESHOLD)
+    evidence = {
+        f"best_possible_recall_iou_{IOU_THRESHOLD}": round(bpr, 3), f"share_best_iou_below_{NEGATIVE_IOU}": round(weak, 3),
+        f"share_best_iou_below_{UNREACHABLE_IOU}": round(unreachable, 3), "num_boxes": int(gt.shape[0]),
+        "best_iou_quantiles_0_10_50_90_100": _q(best), "box_size_px_quantiles_0_10_50_90_100": _q(gt_sizes),
+        "prior_size_px_quantiles_0_10_50_90_100": _q(prior_sizes), "priors": int(priors.boxes.shape[0]),
+        "prior_frame_hw": list(priors.frame_hw), "prior_format_found": priors.source_format,
+        "prior_grid_spacing_per_shape": sorted({lv.spacing[0] for lv in priors.levels}),
+    }
+    if unreachable <= 0.5 and weak <= WARN_SHARE:
+        return [Finding(
+            id="anchors.coverage", severity="info",
+            title=f"The priors reach {bpr:.0%} of the probe batch's {int(gt.shape[0])} objects at IoU "
+                  f"{IOU_THRESHOLD} (best possible recall); {weak:.0%} have no prior above IoU {NEGATIVE_IOU}",
+            evidence=evidence,
+            cause="Measured before the first step on the probe batch, in the frame the priors live in; the run's "
+                  "priors.json has the same measure over the whole training split.",
+            fix="Nothing to fix: the priors reach the objects.",
+            where="priors")]
     small = float(gt_sizes[best < NEGATIVE_IOU].median()) < float(prior_sizes.min()) if bool((best < NEGATIVE_IOU).any()) else False
     suggested = sorted({int(round(v)) for v in _q(gt_sizes, (0.1, 0.5, 0.9))})
-    bpr = float((best >= 0.5).float().mean())
     return [Finding(
         id="anchors.coverage",
         severity="error" if unreachable > 0.5 else "warning",
-        title=f"The priors reach only {bpr:.0%} of the objects at IoU 0.5; {weak:.0%} have no prior above IoU "
-              f"{NEGATIVE_IOU}: " + ("the objects are smaller than the smallest prior" if small
-                                     else "prior sizes or shapes do not fit the boxes"),
-        evidence={
-            "best_possible_recall_iou_0.5": round(bpr, 3), f"share_best_iou_below_{NEGATIVE_IOU}": round(weak, 3),
-            f"share_best_iou_below_{UNREACHABLE_IOU}": round(unreachable, 3), "num_boxes": int(gt.shape[0]),
-            "best_iou_quantiles_0_10_50_90_100": _q(best), "box_size_px_quantiles_0_10_50_90_100": _q(gt_sizes),
-            "prior_size_px_quantiles_0_10_50_90_100": _q(prior_sizes), "priors": int(priors.boxes.shape[0]),
-            "prior_frame_hw": list(priors.frame_hw), "prior_format_found": priors.source_format,
-            "prior_grid_spacing_per_shape": sorted({lv.spacing[0] for lv in priors.levels}),
-        },
+        title=f"The priors reach only {bpr:.0%} of the objects at IoU {IOU_THRESHOLD}; {weak:.0%} have no prior above "
+              f"IoU {NEGATIVE_IOU}: " + ("the objects are smaller than the smallest prior" if small
+                                         else "prior sizes or shapes do not fit the boxes"),
+        evidence=evidence,
         cause="A ground-truth box becomes a positive only through a prior that overlaps it; boxes that no prior "
               "reaches are learned only through a forced low-quality match, or not at all, and the regressor must "
               "move a distant box all the way.",
