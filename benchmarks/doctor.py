@@ -112,7 +112,7 @@ def ssdlite_first_verdict() -> None:
                 print(f"  diagnosis.json written after {first[0]:.1f} s (stage {stage}, {len(findings)} findings)")
 
         with contextlib.redirect_stdout(io.StringIO()):
-            findings = api.diagnose(None, overrides=overrides, out=out, steps=100)
+            findings = api.diagnose(None, overrides=overrides, out=out, steps=100, on_update=on_update)
         total = time.perf_counter() - start
     print(f"\n== diagnose on ssdlite320_mobilenet_v3_large at 320 px ({torch.get_num_threads()} CPU threads)")
     print(f"static + probe verdicts in diagnosis.json after {first[0] if first else float('nan'):.1f} s "

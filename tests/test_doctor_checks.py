@@ -199,6 +199,10 @@ def test_consistency_thresholds():
     assert consistency.score_iou_findings(base) == []
     bad = {**base, "spearman": 0.05, "high_score_low_iou": {**base["high_score_low_iou"], "count": 90, "share_of_high_score": 0.9}}
     assert consistency.score_iou_findings(bad)[0].severity == "error"
+    after = [{"split": "train", "step": s} for s in (50, 100)]  # a healthy detector 100 steps in may not rank yet
+    early = consistency.score_iou_findings(bad, history=after)[0]
+    assert early.severity == "warning" and early.evidence["trained_steps"] == 100
+    assert consistency.score_iou_findings(bad, history=[{"split": "train", "step": 900}])[0].severity == "error"
 
 
 def test_sample_size_ci_and_full_split():

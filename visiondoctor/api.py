@@ -133,7 +133,8 @@ def diagnose(model: str | Callable[..., nn.Module] | None = None, data: str | Pa
              val_data: Dataset | Sequence | None = None, num_classes: int | None = None,
              config: str | Path | None = None, overrides: Sequence[str] = (), image_size: int | None = None,
              synth: str | None = None, out: str | Path | None = None, device: str = "auto",
-             batch_size: int = 8, overfit_steps: int = 100) -> list[Finding]:
+             batch_size: int = 8, overfit_steps: int = 100,
+             on_update: Callable[[str, list[Finding]], None] | None = None) -> list[Finding]:
     """The whole doctor on a model: static and probe checks, the overfit-one-batch probe, a short
     monitored training and an evaluation: `visiondoctor diagnose`. Returns the findings, errors first,
     and writes diagnosis.json / diagnosis.md into `out` (default runs/<name>-diagnosis for a dataset
@@ -144,12 +145,13 @@ def diagnose(model: str | Callable[..., nn.Module] | None = None, data: str | Pa
     read as `train` reads it, or in-memory (image, target) pairs (a torch Dataset or a list; then
     give num_classes and, for segmentation, task="segmentation"); loss: fn(outputs, targets) -> loss,
     or "path.py:function", for models that return raw outputs; steps: the monitored training's
-    length; overfit_steps: the overfit-one-batch probe's."""
+    length; overfit_steps: the overfit-one-batch probe's; on_update(stage, findings): called each time
+    diagnosis.json is rewritten (after the static and probe checks, during and after training)."""
     name = model if isinstance(model, str) and ".py:" not in model else None
     common: dict[str, Any] = {"steps": steps, "overfit_steps": overfit_steps, "batch_size": batch_size,
                               "device": str(resolve_device(device)),
                               "loss_fn": load_loss(loss) if isinstance(loss, str) else loss,
-                              "title": f"Diagnosis of {getattr(model, '__name__', model)}"}
+                              "title": f"Diagnosis of {getattr(model, '__name__', model)}", "on_update": on_update}
     if data is not None and not isinstance(data, (str, Path)):  # in-memory samples
         cfg = build_config(config, overrides, model=name, image_size=image_size)
         return diagnose_model(_factory(model, cfg), data, task=task or "detection", val_data=val_data,

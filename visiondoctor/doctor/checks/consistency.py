@@ -2,9 +2,11 @@
 project's evaluation modules (visiondoctor.evaluation.consistency / .errors)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from visiondoctor.doctor.checks import FindingDoc, check
+from visiondoctor.doctor.checks.outputs import WARN_AFTER, steps_trained
 from visiondoctor.doctor.findings import Finding
 from visiondoctor.evaluation.consistency import score_iou_consistency
 
@@ -18,9 +20,11 @@ SPEARMAN_WARNING = 0.2
     "consistency.score-iou", "detection scores do not track box quality",
     "Spearman correlation of detection scores with their IoU to the best same-class box, and the share of confident "
     "detections (score >= 0.5) overlapping no object at IoU 0.3", needs="the contract only",
-    severity="error when >= 50 % of confident detections hit nothing; warning at >= 25 % or Spearman < 0.2")])
-def score_iou_findings(consistency: dict[str, Any]) -> list[Finding]:
-    """consistency.score-iou from a `score_iou_consistency` result (as in consistency.json)."""
+    severity="error when >= 50 % of confident detections hit nothing after 500 training steps (a warning before: "
+             "scores may still settle); warning at >= 25 % or Spearman < 0.2")])
+def score_iou_findings(consistency: dict[str, Any], history: Sequence[Mapping[str, Any]] | None = None) -> list[Finding]:
+    """consistency.score-iou from a `score_iou_consistency` result (as in consistency.json). Like the other output
+    symptoms (output.background-collapse), it is an error only once the run trained WARN_AFTER steps."""
     n = int(consistency.get("n") or 0)
     bad = consistency.get("high_score_low_iou", {})
     share = float(bad.get("share_of_high_score") or 0.0)
@@ -34,8 +38,11 @@ def score_iou_findings(consistency: dict[str, Any]) -> list[Finding]:
                 "high_score_low_iou": count, "share_of_high_score": round(share, 3),
                 "score_threshold": bad.get("score_threshold"), "iou_threshold": bad.get("iou_threshold"),
                 "mean_iou_by_score_bin": consistency.get("mean_iou_by_score_bin", {}).get("mean_iou")}
+    steps = steps_trained(history)
+    early = steps is not None and steps < WARN_AFTER
+    evidence["trained_steps"] = steps
     if count >= 10 and share >= HIGH_SCORE_LOW_IOU_ERROR:
-        severity = "error"
+        severity = "warning" if early else "error"
     elif (count >= 10 and share >= HIGH_SCORE_LOW_IOU_WARNING) or (rho is not None and rho < SPEARMAN_WARNING and high >= 10):
         severity = "warning"
     else:
@@ -44,7 +51,7 @@ def score_iou_findings(consistency: dict[str, Any]) -> list[Finding]:
         id="consistency.score-iou", severity=severity,
         title=(f"{share:.0%} of the confident detections (score >= {bad.get('score_threshold')}) overlap no object "
                f"(IoU < {bad.get('iou_threshold')}): a high score does not mean a good box (Spearman score-IoU "
-               f"{'n/a' if rho is None else f'{rho:.2f}'})"),
+               f"{'n/a' if rho is None else f'{rho:.2f}'})" + (f" after only {steps} training steps" if early else "")),
         evidence=evidence,
         cause="Scores do not rank boxes by quality: locations that were never supervised at training (e.g. box and "
               "confidence losses only at positive locations) emit confident boxes at inference, or inference decodes "

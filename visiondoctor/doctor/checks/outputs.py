@@ -394,6 +394,11 @@ def check_regression_range(stats: OutputStats) -> list[Finding]:
         where=stats.source)]
 
 
+def steps_trained(history: Sequence[Mapping[str, Any]] | None) -> int | None:
+    """The last training step a history (history.csv rows, or the monitored training's) reached; None without one."""
+    return max((int(row["step"]) for row in history or () if isinstance(row.get("step"), (int, float))), default=None)
+
+
 @check("run", order=75, findings=["output.background-collapse"])
 def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float = 0.5,
                               history: Sequence[Mapping[str, Any]] | None = None) -> list[Finding]:
@@ -405,7 +410,7 @@ def no_detection_at_threshold(detection_stats: dict[str, Any], threshold: float 
     low = per_image.get(min(per_image, key=float)) if per_image else None
     if not at or not low or at.get("zero_share") != 1.0 or not low.get("mean"):
         return []
-    steps = max((int(row["step"]) for row in history or () if isinstance(row.get("step"), (int, float))), default=None)
+    steps = steps_trained(history)
     early = steps is not None and steps < WARN_AFTER
     return [Finding(
         id="output.background-collapse", severity="info" if early else "warning",
