@@ -78,3 +78,23 @@ def test_unreadable_files_are_skipped(tmp_path: Path) -> None:
     assert shared == []
     with pytest.raises(ValueError, match="max_distance"):
         find_shared_images({}, max_distance=40)
+
+
+def scene(background: tuple[int, int, int], shape_at: tuple[int, int], shape_colour: tuple[int, int, int]) -> Image.Image:
+    """A plain-coloured picture with one small square on it, as synthetic detection data draws."""
+    im = Image.new("RGB", (160, 160), background)
+    x, y = shape_at
+    im.paste(shape_colour, (x, y, x + 20, y + 20))
+    return im
+
+
+def test_different_colours_of_one_brightness_are_not_duplicates(tmp_path: Path) -> None:
+    # Orange and blue backgrounds of nearly one grey level, a small square each in another place:
+    # their greyscale hashes and thumbnails are close, the pictures are not the same.
+    scene((200, 100, 0), (30, 110), (20, 160, 40)).save(tmp_path / "train_orange.jpg", quality=90)
+    scene((0, 150, 250), (110, 30), (200, 60, 90)).save(tmp_path / "val_blue.jpg", quality=90)
+    with Image.open(tmp_path / "train_orange.jpg") as im:
+        im.resize((80, 80), Image.Resampling.LANCZOS).save(tmp_path / "val_orange_small.jpg", quality=40)
+    shared = find_shared_images({"train": [tmp_path / "train_orange.jpg"],
+                                 "val": [tmp_path / "val_blue.jpg", tmp_path / "val_orange_small.jpg"]})
+    assert [(s.kind, s.path_b.name) for s in shared] == [("near", "val_orange_small.jpg")]
