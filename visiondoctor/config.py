@@ -72,7 +72,7 @@ class TrainConfig:
     stop_on: str = "never"  # error | warning | never: stop the run when the doctor raises a finding this severe
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int = 0  # also mid-epoch, for crash safety on long epochs; 0 = off
-    channels_last: str = "auto"  # auto (on for convolutional models on CUDA) | on | off
+    channels_last: str = "auto"  # auto (on for convolutional models on CUDA and CPU) | on | off
     compile: bool = False  # torch.compile the training forward
     sync_bn: bool = False  # SyncBatchNorm under torchrun on GPUs (not supported on CPU/gloo)
 

