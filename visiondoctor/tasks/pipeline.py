@@ -424,11 +424,13 @@ def evaluation_to_tensorboard(board: TensorBoardLogger, run: RunDir, findings: S
 # ----- a finished run ---------------------------------------------------------------------------------
 
 def best_weights(run: RunDir, model: nn.Module, device: torch.device) -> nn.Module:
-    """The best checkpoint by the primary validation metric when one was saved; else the final weights."""
+    """The best checkpoint by the primary validation metric when one was saved; else the final weights.
+    In the default memory layout: a model trained in channels_last is evaluated as `eval`, `predict`
+    and `export` rebuild it, so the run's predictions are theirs to the last bit."""
     found = load_latest(run.checkpoints / "best", map_location=device)
     if found is not None:
         model.load_state_dict(found[1]["model"])
-    return model
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def run_task(run: RunDir) -> tuple[Task, Config, dict[str, Any]]:
