@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_from_config("folder of the run directories", "output_dir", DEFAULTS.output_dir))
         p.add_argument("--epochs", type=int, help=_from_config("training epochs", "train.epochs", DEFAULTS.train.epochs))
         p.add_argument("--batch-size", dest="batch_size", type=int,
-                       help=_from_config("images per step (all processes together)", "train.batch_size",
+                       help=_from_config("images per step, all processes together (auto: 8 on CPU, 16 on a GPU)",
+                                         "train.batch_size",
                                          DEFAULTS.train.batch_size))
         p.add_argument("--image-size", dest="image_size", type=int,
                        help=_from_config("model input size in pixels", "model.image_size", DEFAULTS.model.image_size))
