@@ -98,8 +98,7 @@ def auto_batch_size(device: str) -> int:
     0.42-0.85 in 191-211 steps at 16 (benchmarks/vs_ultralytics.py --datasets bccd --modes time --minutes 5).
     GPUs keep 16: larger batches are what keeps them busy (not measured here: no GPU)."""
     if device == "auto":
-        # Imported here, not at the top: importing visiondoctor.config must not load torch (tests/test_api.py).
-        import torch
+        import torch  # deferred: importing visiondoctor.config must not load torch (tests/test_api.py)
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return 8 if device == "cpu" else 16
