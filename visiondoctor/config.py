@@ -81,7 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size == "auto":
             self.batch_size = auto_batch_size(self.device)
-        elif isinstance(self.batch_size, bool) or not str(self.batch_size).isdigit() or int(self.batch_size) < 1:
+        if not str(self.batch_size).isdigit() or int(self.batch_size) < 1:
             raise ConfigError(f"train.batch_size={self.batch_size!r}: expected a positive integer or auto")
         self.batch_size = int(self.batch_size)
 
