@@ -5,6 +5,8 @@ touching cells), both scored by visiondoctor's evaluation on the same held-out s
     python benchmarks/vs_ultralytics.py                       # everything: shapes + bccd, time + epochs
     python benchmarks/vs_ultralytics.py --datasets bccd --modes time --minutes 9
     python benchmarks/vs_ultralytics.py --ours-config demo    # our demo recipe instead of the defaults
+    python benchmarks/vs_ultralytics.py --datasets shapes --modes time --ours-set model.auto_priors=false \
+        --theirs-from runs/_bench_vs_ultralytics               # a change of ours against an earlier run's theirs
 
 Install the Ultralytics side first. Ultralytics is AGPL-3.0: it lives in its own environment and is
 never a dependency of visiondoctor (nothing in the package imports it; its side runs as a separate
@@ -138,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="shapes images per split (default: the demo preset's); small values for a smoke test")
     ap.add_argument("--ours-config", default=None, help="a config or preset for our side (default: the defaults)")
     ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE", help="override on our side")
+    ap.add_argument("--theirs-from", default=None, metavar="OUT",
+                    help="reuse Ultralytics' side of an earlier run's OUT (its predictions and figures) instead of "
+                         "training it again: to measure a change on our side against the same reference")
     ap.add_argument("--ultralytics-python", default=ULTRALYTICS_PYTHON)
     ap.add_argument("--ultralytics-model", default=None, help="model yaml for Ultralytics' side (default yolo26n.yaml)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "_bench_vs_ultralytics"))
@@ -249,6 +254,11 @@ def run_theirs(yolo: Path, dataset: Dataset, mode: str, epochs: int, args: argpa
     done = subprocess.run(command, env=env)
     if done.returncode != 0:
         raise SystemExit(f"Ultralytics' side failed (exit {done.returncode}); its output is above")
+    return read_theirs(out)
+
+
+def read_theirs(out: Path) -> dict[str, Any]:
+    """Ultralytics' side as ultralytics_side.py left it in `out` (result.json), predictions loaded."""
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
     t = result["training"]
     return {"model": result["model"], "predictions": {s: json.loads(Path(p["file"]).read_text(encoding="utf-8"))
@@ -309,7 +319,8 @@ def table(title: str, ours: dict[str, Any], theirs: dict[str, Any], scored: dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_ultralytics(args.ultralytics_python)
+    if not args.theirs_from:
+        check_ultralytics(args.ultralytics_python)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     tables, results = [], {}
@@ -320,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             epochs = args.epochs or dataset.epochs
             where = out / name / mode
-            theirs = run_theirs(yolo, dataset, mode, epochs, args, where / "ultralytics")
+            theirs = (read_theirs(Path(args.theirs_from) / name / mode / "ultralytics") if args.theirs_from
+                      else run_theirs(yolo, dataset, mode, epochs, args, where / "ultralytics"))
             ours = run_ours(source, dataset, mode, epochs, args, where, first_image)
             scored = score(yolo, dataset, ours, theirs, args.resamples, args.seed)
             budget = (f"equal wall-clock budget, {args.minutes:g} min of training each" if mode == "time"

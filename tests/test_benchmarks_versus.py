@@ -3,6 +3,7 @@ how training speed is read, the table, and the reference loop's device options."
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,6 +46,21 @@ def test_arguments_are_checked_and_a_missing_ultralytics_says_how_to_install_it(
     with pytest.raises(SystemExit, match=r"pip install ultralytics==") as raised:
         vs_ultralytics.check_ultralytics(str(tmp_path / "no-python"))
     assert "AGPL" in str(raised.value)
+
+
+def test_theirs_from_an_earlier_run_is_read_back_with_its_predictions(tmp_path):
+    """--theirs-from: Ultralytics' side as an earlier run left it (result.json + predictions), not trained again."""
+    predictions = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]
+    (tmp_path / "predictions_val.json").write_text(json.dumps(predictions))
+    result = {"model": "yolo26n.yaml", "predictions": {"val": {"file": str(tmp_path / "predictions_val.json")}},
+              "training": {"epochs_completed": 4, "train_seconds": 300.0, "images_seen": 5400, "images_per_s": 18.0,
+                           "train_call_seconds": 320.0},
+              "params": 2.5e6, "params_inference": 2.4e6, "latency": {"latency_ms": {"onnxruntime": 16.0}},
+              "network_attempts": [], "versions": {}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    theirs = vs_ultralytics.read_theirs(tmp_path)
+    assert theirs["predictions"] == {"val": predictions} and theirs["epochs"] == 4 and theirs["images_per_s"] == 18.0
+    assert args_for("--theirs-from", str(tmp_path)).theirs_from == str(tmp_path)
 
 
 def test_training_rate_is_images_over_the_seconds_of_the_training_loops():
