@@ -45,9 +45,9 @@ from visiondoctor.tasks.pipeline import (
 
 DEFAULT_MODEL = ModelConfig().name
 OFFLINE = ["model.pretrained=false", "model.pretrained_backbone=false"]
-# Images 400 px wide with objects 3-15 % of the width (12-60 px): at the default 320 px input the same regime as a
-# 1600-px photo with 48-240 px objects (10-48 px in the input), where stride-16 priors miss about a third of them.
-LARGE_REGIME = {"image_size": 400, "min_size": 12, "max_size": 60, "small_size": 12, "small_fraction": 0.0}
+# Images 400 px wide with objects 7.5-15 % of the width (30-60 px; 24-48 px at the default 320 px input): the
+# stride-16 level's default boxes (at least 4 strides, 64 px) miss most of them, a stride-8 level's reach them.
+LARGE_REGIME = {"image_size": 400, "min_size": 30, "max_size": 60, "small_size": 30, "small_fraction": 0.0}
 
 
 # ----- telling the user's settings from the defaults ------------------------------------------------------------

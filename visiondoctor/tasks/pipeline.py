@@ -50,8 +50,8 @@ from visiondoctor.engine.trainer import (
     default_loss_fn,
     resolve_device,
 )
-from visiondoctor.findings import Finding
 from visiondoctor.evaluation.speed import count_flops, example_image
+from visiondoctor.findings import Finding
 from visiondoctor.models.anchor_fit import (
     COVERAGE_TARGET,
     InputOption,
@@ -355,6 +355,7 @@ def search_prior_input(task: Task, cfg: Config, categories: dict[str, Any], run:
     if chosen is None:
         return {**record, "input": section}
     return {**chosen, "bpr_before": record["bpr_before"], "input": section,
+            "positives_per_box_before": record.get("positives_per_box_before"),
             "note": f"{chosen['note']} (after the input change)"}
 
 
