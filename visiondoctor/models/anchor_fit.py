@@ -331,7 +331,8 @@ def _level_matches(block: torch.Tensor, boxes: torch.Tensor, iou: float) -> tupl
 
 
 def _box_prior_iou(boxes: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes ([..., 1, 4]) with priors ([..., K, 4]) elementwise along the last-but-one axis ([..., K])."""
+    """IoU of boxes ([..., 1, 4]) with priors ([..., K, 4]) elementwise along the last-but-one axis ([..., K]); by
+    hand because torchvision's box_iou compares all pairs, and here each box has its own candidates."""
     inter = (torch.minimum(boxes[..., 2:], priors[..., 2:])
              - torch.maximum(boxes[..., :2], priors[..., :2])).clamp(min=0).prod(dim=-1)
     union = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1) + (priors[..., 2:] - priors[..., :2]).prod(dim=-1) - inter
