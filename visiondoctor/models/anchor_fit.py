@@ -76,27 +76,28 @@ def anchor_match(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Seque
                  feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int], boxes: torch.Tensor,
                  iou_threshold: float = 0.5) -> MatchQuality:
     """MatchQuality of the anchors torchvision generates for these feature maps over `boxes` (model input frame)."""
-    generator = AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in sizes),
-                                tuple(tuple(float(r) for r in lv) for lv in aspect_ratios))
-    grid = PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw))
+    generator, grid = _anchor_grid(sizes, aspect_ratios, feature_hw, image_hw)
     return generator_match(generator, grid, boxes, iou_threshold)
 
 
 def best_anchor_iou(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
                     feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int], boxes: torch.Tensor) -> torch.Tensor:
     """For each box, the highest IoU any anchor of torchvision's AnchorGenerator grid reaches ([N])."""
-    generator = AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in sizes),
-                                tuple(tuple(float(r) for r in lv) for lv in aspect_ratios))
-    grid = PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw))
+    generator, grid = _anchor_grid(sizes, aspect_ratios, feature_hw, image_hw)
     return grid_best_iou(generate_priors(generator, grid), generator.num_anchors_per_location(), grid, boxes)
 
 
 def grid_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
                  feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int]) -> torch.Tensor:
     """Every anchor of one image, exactly as torchvision's AnchorGenerator places them."""
-    generator = AnchorGenerator(tuple(tuple(float(s) for s in lv) for lv in sizes),
-                                tuple(tuple(float(r) for r in lv) for lv in aspect_ratios))
-    return generate_priors(generator, PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw)))
+    return generate_priors(*_anchor_grid(sizes, aspect_ratios, feature_hw, image_hw))
+
+
+def _anchor_grid(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                 feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int]) -> tuple[nn.Module, PriorGrid]:
+    """torchvision's AnchorGenerator with these sizes and ratios, and the grid it is laid on."""
+    generator = make_generator({"kind": "anchors", "sizes": sizes, "aspect_ratios": aspect_ratios})
+    return generator, PriorGrid(tuple(image_hw), tuple(tuple(hw) for hw in feature_hw))
 
 
 def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 50) -> np.ndarray:
@@ -356,12 +357,12 @@ class MatchQuality:
 
 # The fits maximise the mean over boxes of min(positives, MATCH_POSITIVES) / MATCH_POSITIVES: reaching a box counts
 # first (with 1 it is the best possible recall), then its positives up to 5. Maximising the best possible recall
-# alone (then the mean best IoU) tiles the boxes with tight, disjoint priors: measured on the 1500-image shapes set,
-# SSDLite's fit raised it from 70 % to 95 % but halved the positives per box (8.8 -> 4.5) and the classifier trained
-# from scratch stayed on the background (val mAP@.5 0.005 vs 0.159 unfitted, benchmarks/vs_ultralytics.py); the demo
-# had measured 4.2 positives per box at half the mAP of 6.2. Past 5 the score stops paying for more positives, so a
-# fit never gives up boxes to crowd others (anchor-free assigners pick about 9-10 candidates per object; an IoU
-# matcher gets several from the shapes of one position and its neighbours).
+# alone (then the mean best IoU) tiles the boxes with tight, disjoint priors: on the 1500-image shapes set SSDLite's
+# fit raised it from 70 % to 95 % but halved the positives per box (8.8 -> 4.5); the demo had measured 4.2 positives
+# per box at half the mAP of 6.2. (That fit's failure to train on shapes was its scales, not this: MIN_PRIOR_STRIDES.)
+# Past 5 the score stops paying for more positives, so a fit never gives up boxes to crowd others (anchor-free
+# assigners pick about 9-10 candidates per object; an IoU matcher gets several from the shapes of one position and
+# its neighbours).
 MATCH_POSITIVES = 5
 
 
@@ -448,9 +449,10 @@ def _default_boxes_from_data(params: dict[str, Any], grid: PriorGrid, boxes: tor
 # smaller): RetinaNet's anchors are 4 strides (anchor scale 4) and SSDLite's finest default boxes 0.2 x 320 px at
 # stride 16. A smaller prior is matched (IoU >= 0.5) from a position up to half a stride off the object's centre,
 # which is a large part of the prior, so the encoded offsets the head must regress grow. Measured on the 1500-image
-# shapes set (SSDLite, 5 minutes from scratch, benchmarks/vs_ultralytics.py): the fit's scales at 1-2.3 strides
-# kept the regression loss on its plateau (val mAP@.5 0.002-0.005), its ratios with the builder's scales 0.193 in
-# half the time; boxes the floor leaves unreached are the input search's (`fit_input_to_priors`: a finer level).
+# shapes set (SSDLite from scratch): with the fit's scales at 1-2.3 strides the regression loss stayed on its plateau
+# (val mAP@.5 0.003-0.005 at 5 minutes, benchmarks/vs_ultralytics.py); in 2.5-minute runs of the fit split in two,
+# its ratios on the builder's scales reached 0.193, its scales on the builder's ratios 0.002. Boxes the floor leaves
+# unreached are the input search's (`fit_input_to_priors`: a finer level).
 MIN_PRIOR_STRIDES = 4.0
 
 
@@ -495,7 +497,8 @@ def _fit_default_boxes(params: dict[str, Any], grid: PriorGrid, boxes: torch.Ten
     for start in (params, *_default_boxes_from_data(params, grid, boxes)):
         scales = np.maximum.accumulate(np.maximum(np.asarray(start["scales"], dtype=float), np.asarray(floor)))
         flat = [round(float(v), 5) for v in scales] + [r for lv in start["aspect_ratios"] for r in lv]
-        results.append(coordinate_search(flat, key)[::-1])
+        values, score = coordinate_search(flat, key)
+        results.append((score, values))
     return unflatten(max(results, key=lambda r: r[0])[1])
 
 
