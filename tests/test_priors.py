@@ -13,6 +13,9 @@ from visiondoctor.models.anchor_fit import (
     MATCH_POSITIVES,
     MIN_PRIOR_STRIDES,
     PriorGrid,
+    _allowed_scales,
+    _raised_to_floor,
+    _scale_floor,
     apply_priors,
     best_possible_recall,
     boxes_in_model_frame,
@@ -209,3 +212,12 @@ def test_the_match_score_counts_reach_first_then_positives_up_to_five():
     assert quality.bpr == pytest.approx(0.75) and quality.positives_per_box == pytest.approx(17 / 4)
     assert quality.score == pytest.approx((0 + 1 + 4 + MATCH_POSITIVES) / (4 * MATCH_POSITIVES))
     assert match_quality(best, torch.tensor([0, 1, 4, 40])).score == quality.score  # more than 5 adds nothing
+
+
+def test_a_search_start_raised_to_the_scale_floor_is_a_scale_the_search_allows():
+    """The fit records scales in 5 decimals; a floor of 4 strides on a 13 x 13 level (4 / 13 = 0.3076923) must not
+    make a start raised to it and rounded (0.30769) fall below it and score as disallowed."""
+    for cells in range(5, 40):
+        grid = PriorGrid((416, 416), ((cells, cells), (max(cells // 2, 1),) * 2))
+        floor = _scale_floor({"scales": [0.9, 0.95, 1.0]}, grid)
+        assert _allowed_scales(_raised_to_floor([0.01, 0.02, 1.0], floor), floor), cells

@@ -459,11 +459,18 @@ MIN_PRIOR_STRIDES = 4.0
 def _scale_floor(params: dict[str, Any], grid: PriorGrid) -> list[float]:
     """The smallest scale the fit may give each level: MIN_PRIOR_STRIDES strides (as a fraction of the input's longer
     side, the frame of DefaultBoxGenerator's scales) or the builder's own scale when that is smaller (the coarse
-    levels, where 4 strides exceed the input); the extra last scale keeps the builder's too."""
+    levels, where 4 strides exceed the input); the extra last scale keeps the builder's too. Rounded down to the 5
+    decimals the fit keeps, so a scale raised to the floor and rounded stays allowed."""
     side = max(grid.image_hw)
     strides = [max(grid.image_hw[0] / h, grid.image_hw[1] / w) for h, w in grid.feature_hw]
-    scales = list(params["scales"])
-    return [min(MIN_PRIOR_STRIDES * strides[k] / side, s) if k < len(strides) else s for k, s in enumerate(scales)]
+    floor = [min(MIN_PRIOR_STRIDES * strides[k] / side, s) if k < len(strides) else s
+             for k, s in enumerate(params["scales"])]
+    return [math.floor(f * 1e5) / 1e5 for f in floor]
+
+
+def _raised_to_floor(scales: Sequence[float], floor: Sequence[float]) -> list[float]:
+    """A search start's scales: each at least its floor and not below the previous level's, in the fit's 5 decimals."""
+    return [round(float(v), 5) for v in np.maximum.accumulate(np.maximum(np.asarray(scales, float), floor))]
 
 
 def _allowed_scales(scales: Sequence[float], floor: Sequence[float]) -> bool:
@@ -495,8 +502,7 @@ def _fit_default_boxes(params: dict[str, Any], grid: PriorGrid, boxes: torch.Ten
 
     results = []
     for start in (params, *_default_boxes_from_data(params, grid, boxes)):
-        scales = np.maximum.accumulate(np.maximum(np.asarray(start["scales"], dtype=float), np.asarray(floor)))
-        flat = [round(float(v), 5) for v in scales] + [r for lv in start["aspect_ratios"] for r in lv]
+        flat = _raised_to_floor(start["scales"], floor) + [r for lv in start["aspect_ratios"] for r in lv]
         values, score = coordinate_search(flat, key)
         results.append((score, values))
     return unflatten(max(results, key=lambda r: r[0])[1])
